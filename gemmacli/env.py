@@ -1,0 +1,77 @@
+"""The streams and terminal facts a command runs against, in one object tests can swap (as httpie does)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import IO
+
+from rich.console import Console
+
+
+def _isatty(stream: IO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@dataclass
+class Environment:
+    """stdin/stdout carry data; everything a person reads goes to `console` (stderr, via rich)."""
+
+    stdin: IO[bytes] = field(default_factory=lambda: sys.stdin.buffer)
+    stdout: IO[bytes] = field(default_factory=lambda: sys.stdout.buffer)
+    stderr: IO[str] = field(default_factory=lambda: sys.stderr)
+    stdin_isatty: bool | None = None
+    stdout_isatty: bool | None = None
+    stderr_isatty: bool | None = None
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    verbosity: int = 0  # -q lowers, -v raises
+    debug: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stdin_isatty is None:
+            self.stdin_isatty = _isatty(self.stdin)
+        if self.stdout_isatty is None:
+            self.stdout_isatty = _isatty(self.stdout)
+        if self.stderr_isatty is None:
+            self.stderr_isatty = _isatty(self.stderr)
+        self._console: Console | None = None
+
+    @property
+    def no_color(self) -> bool:
+        return "NO_COLOR" in self.environ or self.environ.get("TERM") == "dumb" or not self.stderr_isatty
+
+    @property
+    def console(self) -> Console:
+        """Rich console on stderr: plain text for NO_COLOR, TERM=dumb and non-terminals."""
+        if self._console is None:
+            self._console = Console(
+                file=self.stderr,
+                force_terminal=bool(self.stderr_isatty) and not self.no_color,
+                no_color=self.no_color,
+                highlight=False,
+                soft_wrap=True,
+                emoji=False,
+                width=None if self.stderr_isatty else 100,
+            )
+        return self._console
+
+    def info(self, message: str) -> None:
+        if self.verbosity >= 0:
+            self.console.print(message)
+
+    def verbose(self, message: str) -> None:
+        if self.verbosity >= 1:
+            self.console.print(f"[dim]{message}[/dim]")
+
+    def warn(self, message: str) -> None:
+        if self.verbosity >= -1:
+            self.console.print(f"[yellow]warning:[/yellow] {message}")
+
+    def write_data(self, data: bytes) -> None:
+        """Write to stdout and flush, so records reach a pipe as they finish."""
+        self.stdout.write(data)
+        self.stdout.flush()
