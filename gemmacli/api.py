@@ -26,6 +26,195 @@ class Extractor:
 def extract(text, schema, *, model=DEFAULT_MODEL, **options) -> ExtractionResult
 
 DEFAULT_MODEL = os.environ.get("GEMMACLI_MODEL", "gemma-3-270m-it")
+
+Additions (backward compatible): Extractor(..., pretty=False) asks the model for bounded pretty whitespace;
+ExtractionResult also carries `model_seconds` (inside onnxruntime), `truncated` and `warnings`;
+Extractor.timings records the llguidance tokenizer build/wait seconds.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gemmacli.decoder import DecodeOptions, decode
+from gemmacli.errors import ExtractionFailed, ModelError, SchemaError
+from gemmacli.grammar import TokenizerBuild, compile_grammar, json_options, new_matcher
+from gemmacli.prompt import encode_prompt
+from gemmacli.schema import LoadedSchema, check_schema, join_pointer, schema_sha256
+
+if TYPE_CHECKING:
+    from gemmacli.runtime import Model
+
+DEFAULT_MODEL = os.environ.get("GEMMACLI_MODEL", "gemma-3-270m-it")
+
+
+@dataclass
+class ExtractionResult:
+    data: Any
+    text: str
+    prompt_tokens: int
+    generated_tokens: int
+    forced_tokens: int
+    model_calls: int
+    seconds: float
+    model_seconds: float = 0.0
+    truncated: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def _validator(schema: dict) -> Any:
+    """A jsonschema validator for the ORIGINAL schema (its own draft), with no network access for refs."""
+    import jsonschema
+    from jsonschema.validators import validator_for
+
+    cls = validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls(schema)
+
+
+class Extractor:
+    """Loads the model and compiles the schema once; call .extract(text) many times (batches)."""
+
+    def __init__(
+        self,
+        schema: dict | LoadedSchema,
+        *,
+        model: Model | str | Path = DEFAULT_MODEL,
+        lenient: bool = False,
+        max_tokens: int = 1024,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        instructions: str | None = None,
+        truncate: bool = False,
+        threads: int | None = None,
+        warn: Callable[[str], None] | None = None,
+        pretty: bool = False,
+    ) -> None:
+        if isinstance(schema, LoadedSchema):
+            self.schema: dict = schema.schema
+            self.schema_sha256 = schema.sha256
+        elif isinstance(schema, dict):
+            self.schema = schema
+            self.schema_sha256 = schema_sha256(schema)
+        else:
+            raise SchemaError(f"a schema must be a JSON object, not {type(schema).__name__}", pointer="")
+        if max_tokens < 1:
+            raise ExtractionFailed(f"--max-tokens must be at least 1, not {max_tokens}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ExtractionFailed("--temperature must be >= 0 and --top-p in (0, 1]")
+        self.max_tokens = max_tokens
+        self.instructions = instructions
+        self.truncate = truncate
+        self.options = DecodeOptions(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        self.timings: dict[str, float] = {}
+
+        # Start llguidance's token table first: it builds on a thread while the model loads / prefills.
+        folder, config = self._model_folder(model)
+        self._tokenizer_build = TokenizerBuild(folder / "tokenizer.json", config.vocab_size,
+                                               list(config.eos_token_ids))
+
+        compile_schema, self.warnings = check_schema(self.schema, lenient=lenient,
+                                                     options=json_options(pretty))
+        for message in self.warnings:
+            if warn is not None:
+                warn(message)
+        self.grammar = compile_grammar(compile_schema, pretty=pretty)
+        self._validate = _validator(self.schema)
+
+        if isinstance(model, (str, Path)):
+            from gemmacli.runtime import Model
+
+            t0 = time.perf_counter()
+            self.model = Model.load(folder, threads=threads)
+            self.timings["model_load"] = time.perf_counter() - t0
+        else:
+            self.model = model
+        manifest = getattr(self.model, "manifest", None) or {}
+        self.model_name = str(manifest.get("name") or Path(self.model.folder).name)
+        files = manifest.get("files")
+        self.model_sha256 = (
+            hashlib.sha256(json.dumps(files, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+            if files else ""
+        )
+        self._matcher: Any = None
+
+    @staticmethod
+    def _model_folder(model: Any) -> tuple[Path, Any]:
+        if isinstance(model, (str, Path)):
+            from gemmacli.store import ModelConfig, resolve_model
+
+            folder = resolve_model(model)
+            return folder, ModelConfig.from_folder(folder)
+        folder = getattr(model, "folder", None)
+        config = getattr(model, "config", None)
+        if folder is None or config is None:
+            raise ModelError("model must be a name, a folder or a gemmacli.runtime.Model")
+        return Path(folder), config
+
+    def _new_matcher(self) -> Any:
+        tokenizer = self._tokenizer_build.result()
+        if self._matcher is None:
+            self._matcher = new_matcher(tokenizer, self.grammar)
+        else:
+            self._matcher.reset()
+        return self._matcher
+
+    def extract(self, text: str) -> ExtractionResult:
+        """One document -> one validated JSON value; ExtractionFailed (exit 1) otherwise."""
+        start = time.perf_counter()
+        model = self.model
+        prompt = encode_prompt(model.tokenizer, model.config, self.schema, text,
+                               instructions=self.instructions, max_tokens=self.max_tokens,
+                               truncate=self.truncate)
+        cache = model.new_cache()
+        hidden = None
+        pending: list[int] = prompt.ids
+        calls = 0
+        model_seconds = 0.0
+        if not self._tokenizer_build.done():
+            # First document of the process: prefill while llguidance finishes its token table.
+            t0 = time.perf_counter()
+            hidden = model.forward(cache, prompt.ids)
+            model_seconds = time.perf_counter() - t0
+            calls, pending = 1, []
+        matcher = self._new_matcher()
+        tokenizer = self._tokenizer_build.result()
+        self.timings["tokenizer_build"] = self._tokenizer_build.build_seconds
+        self.timings["tokenizer_wait"] = self._tokenizer_build.wait_seconds
+        result = decode(model, cache, matcher, tokenizer, pending, self.options, hidden=hidden,
+                        model_calls=calls, model_seconds=model_seconds)
+        try:
+            data = json.loads(result.text)
+        except json.JSONDecodeError as exc:  # the grammar makes this unreachable; never pass it on
+            raise ExtractionFailed(f"the model emitted text that is not JSON: {exc}") from exc
+        errors = sorted(self._validate.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+        if errors:
+            listed = "; ".join(f"{join_pointer('', *e.absolute_path) or '/'}: {e.message}"
+                               for e in errors[:10])
+            more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+            raise ExtractionFailed(f"the output does not validate against the schema: {listed}{more}")
+        return ExtractionResult(
+            data=data,
+            text=result.text,
+            prompt_tokens=len(prompt.ids),
+            generated_tokens=result.generated_tokens,
+            forced_tokens=result.forced_tokens,
+            model_calls=result.model_calls,
+            seconds=time.perf_counter() - start,
+            model_seconds=result.model_seconds,
+            truncated=prompt.truncated,
+            warnings=list(self.warnings),
+        )
+
+
+def extract(text: str, schema: dict | LoadedSchema, *, model: Model | str | Path = DEFAULT_MODEL,
+            **options: Any) -> ExtractionResult:
+    """One-shot convenience: build an Extractor and extract one document."""
+    return Extractor(schema, model=model, **options).extract(text)

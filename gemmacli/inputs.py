@@ -13,6 +13,177 @@ def collect_sources(args: list[str], *, glob: str | None = None, stdin: IO[bytes
                     jsonl: bool = False, text_field="text", id_field=None) -> list[Source]
     Files, shell-unexpanded globs and folders (recursively, filtered by `glob`), "-" for stdin;
     sorted deterministically within a folder. Missing path -> InputOutputError (exit 5).
+
+Sources are small and picklable (they travel to `--jobs` worker processes): a file source carries only
+its path and is read where it is extracted; stdin and JSON Lines sources carry their bytes/text, read
+once up front because a stream cannot be read twice.
 """
 
 from __future__ import annotations
+
+import codecs
+import fnmatch
+import glob as globlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from gemmacli.errors import InputOutputError
+
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One text to extract from; `name` is what its record calls "source" (and what --resume matches)."""
+
+    name: str
+    kind: str  # "stdin" | "file" | "jsonl"
+    path: Path | None
+    data: bytes | None = field(default=None, repr=False, compare=False)  # stdin bytes
+    text: str | None = field(default=None, repr=False, compare=False)  # a JSON Lines record's text
+
+    def read_text(self, *, encoding: str = "utf-8", errors: str = "strict") -> str:
+        """Decode this source; undecodable bytes name the file and byte offset (exit 5)."""
+        if self.text is not None:
+            return self.text
+        if self.data is not None:
+            raw = self.data
+        elif self.path is not None:
+            try:
+                raw = self.path.read_bytes()
+            except OSError as exc:
+                raise InputOutputError(f"cannot read {self.name}: {exc.strerror or exc}") from exc
+        else:  # pragma: no cover - a Source is always built with one of the three
+            raise InputOutputError(f"{self.name}: nothing to read")
+        return decode(raw, self.name, encoding=encoding, errors=errors)
+
+
+def decode(raw: bytes, name: str, *, encoding: str = "utf-8", errors: str = "strict") -> str:
+    """Decode bytes, dropping a UTF-8 byte-order mark; strict errors become exit 5 with the byte offset."""
+    try:
+        codec = codecs.lookup(encoding)
+    except LookupError as exc:
+        raise InputOutputError(f"unknown encoding '{encoding}'", hint="e.g. --encoding latin-1") from exc
+    if codec.name == "utf-8" and raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    try:
+        return raw.decode(codec.name, errors=errors)
+    except UnicodeDecodeError as exc:
+        where = "stdin" if name == "-" else name
+        raise InputOutputError(
+            f"{where} is not valid {encoding}: byte 0x{raw[exc.start]:02x} at offset {exc.start}",
+            hint="pass --encoding latin-1 (or the file's real encoding), or --errors replace",
+        ) from exc
+
+
+def collect_sources(
+    args: list[str],
+    *,
+    glob: str | None = None,
+    stdin: IO[bytes] | None = None,
+    jsonl: bool = False,
+    text_field: str = "text",
+    id_field: str | None = None,
+) -> list[Source]:
+    """Expand arguments into sources in a deterministic order (argument order, then sorted paths)."""
+    sources: list[Source] = []
+    for arg in args:
+        if arg == "-":
+            if stdin is None:
+                raise InputOutputError("'-' names stdin, but there is no stdin to read")
+            data = stdin.read()
+            if jsonl:
+                sources.extend(_jsonl_sources(data, "-", text_field, id_field))
+            else:
+                sources.append(Source(name="-", kind="stdin", path=None, data=data))
+            continue
+        for path, name in _expand(arg, glob):
+            if jsonl:
+                try:
+                    data = path.read_bytes()
+                except OSError as exc:
+                    raise InputOutputError(f"cannot read {name}: {exc.strerror or exc}") from exc
+                sources.extend(_jsonl_sources(data, name, text_field, id_field))
+            else:
+                sources.append(Source(name=name, kind="file", path=path))
+    return sources
+
+
+def _expand(arg: str, pattern: str | None) -> Iterable[tuple[Path, str]]:
+    """A file, a folder (recursive, hidden entries skipped, `pattern` filters) or an unexpanded glob."""
+    path = Path(arg)
+    if path.is_file():
+        return [(path, arg)]
+    if path.is_dir():
+        return [(p, str(p)) for p in _walk(path, pattern)]
+    if path.exists():
+        raise InputOutputError(f"{arg} is neither a file nor a folder")
+    if _GLOB_CHARS & set(arg):
+        matches = sorted(globlib.glob(arg, recursive=True))
+        files: list[tuple[Path, str]] = []
+        for match in matches:
+            candidate = Path(match)
+            if candidate.is_dir():
+                files.extend((p, str(p)) for p in _walk(candidate, pattern))
+            elif candidate.is_file() and (pattern is None or _matches(candidate.name, match, pattern)):
+                files.append((candidate, match))
+        if not files:
+            raise InputOutputError(f"no files match {arg}")
+        return files
+    raise InputOutputError(f"no such file or folder: {arg}")
+
+
+def _walk(folder: Path, pattern: str | None) -> list[Path]:
+    """Files under `folder`, sorted by relative path so order does not depend on the file system."""
+    found = []
+    for candidate in folder.rglob("*"):
+        relative = candidate.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        if candidate.is_file() and (
+            pattern is None or _matches(candidate.name, relative.as_posix(), pattern)
+        ):
+            found.append(candidate)
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _matches(name: str, relative: str, pattern: str) -> bool:
+    """`--glob '*.txt'` matches file names; a pattern with '/' matches the path below the folder."""
+    if "/" in pattern:
+        return fnmatch.fnmatchcase(relative, pattern) or fnmatch.fnmatchcase(relative, pattern.lstrip("*/"))
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _jsonl_sources(data: bytes, name: str, text_field: str, id_field: str | None) -> list[Source]:
+    """One source per non-blank line; named by `id_field` when given, else FILE:LINE."""
+    text = decode(data, name)
+    sources = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        label = "stdin" if name == "-" else name
+        where = f"{label}, line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputOutputError(f"{where}: not a JSON object ({exc.msg} at column {exc.colno})") from exc
+        if not isinstance(record, dict):
+            raise InputOutputError(f"{where}: expected a JSON object, found {type(record).__name__}")
+        if text_field not in record:
+            raise InputOutputError(
+                f"{where}: no field '{text_field}'", hint="name the text field with --text-field"
+            )
+        value = record[text_field]
+        if not isinstance(value, str):
+            value = json.dumps(value, ensure_ascii=False) if value is not None else ""
+        source_name = f"{label}:{number}"
+        if id_field is not None:
+            if id_field not in record:
+                raise InputOutputError(f"{where}: no field '{id_field}'", hint="check --id-field")
+            identity = record[id_field]
+            source_name = identity if isinstance(identity, str) else json.dumps(identity)
+        sources.append(Source(name=source_name, kind="jsonl", path=None, text=value))
+    return sources

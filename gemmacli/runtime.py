@@ -30,6 +30,253 @@ class Model:
         to logits(hidden)[token_ids]; cheap when the set is small (gathers INT4 rows).
 
 KVCache.length -> int is the number of tokens already in the cache.
+
+Beyond the contract (additive): Model.generate_greedy (tests, benchmarks), Model.name, Model.sha256,
+KVCache.copy() (a cheap snapshot: forward never mutates the arrays a cache holds, it replaces them).
+
+The runtime knows nothing about the attention inside the graph: it reads the input and output names from
+the session (input_ids, attention_mask, optional position_ids, past_key_values.* <-> present.*) and keeps
+the cache as onnxruntime OrtValues, fed straight back without copies through numpy.
 """
 
 from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from gemmacli import store
+from gemmacli.errors import ModelError
+from gemmacli.store import ModelConfig
+
+__all__ = ["KVCache", "Model", "ModelConfig"]
+
+DECODER_FILE = "model.onnx"
+LM_HEAD_FILE = "lm_head.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+PAST_PREFIX = "past_key_values"
+PRESENT_PREFIX = "present"
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+                "tensor(int32)": np.int32}
+
+
+@dataclass
+class KVCache:
+    """The KV cache of one sequence: past input name -> OrtValue, and how many tokens it holds."""
+
+    values: dict[str, ort.OrtValue] = field(default_factory=dict)
+    length: int = 0
+
+    def copy(self) -> KVCache:
+        """A snapshot: later forward() calls on either cache leave the other intact."""
+        return KVCache(dict(self.values), self.length)
+
+
+class _LmHeadRows:
+    """The lm_head's weight rows in numpy, so a few logits cost a few rows, not a 262144-row MatMul."""
+
+    def __init__(self, folder: Path) -> None:
+        import onnx
+        from onnx import numpy_helper
+
+        path = folder / LM_HEAD_FILE
+        proto = onnx.load(str(path), load_external_data=False)
+        node = proto.graph.node[-1] if len(proto.graph.node) == 1 else next(
+            n for n in proto.graph.node if n.op_type in ("MatMul", "MatMulNBits"))
+        tensors = {init.name: init for init in proto.graph.initializer}
+
+        def array(name: str) -> np.ndarray:
+            tensor = tensors[name]
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                return numpy_helper.to_array(tensor)
+            info = {e.key: e.value for e in tensor.external_data}
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            shape = tuple(tensor.dims)
+            return np.memmap(folder / info["location"], dtype=dtype, mode="r",
+                             offset=int(info.get("offset", 0)), shape=shape)
+
+        self.op = node.op_type
+        if self.op == "MatMul":
+            self.rows = np.ascontiguousarray(np.asarray(array(node.input[1]), dtype=np.float32).T)  # [V, H]
+            return
+        attrs = {a.name: a.i for a in node.attribute}
+        if attrs.get("bits", 4) != 4:
+            raise ModelError(f"{path}: only 4-bit MatMulNBits lm_heads are supported")
+        self.hidden, self.vocab, self.block = attrs["K"], attrs["N"], attrs["block_size"]
+        self.blocks = -(-self.hidden // self.block)
+        self.packed = array(node.input[1]).reshape(self.vocab, -1)  # [V, blocks * block / 2]
+        self.scales = np.asarray(array(node.input[2])).reshape(self.vocab, self.blocks)
+        self.zero_points = (array(node.input[3]).reshape(self.vocab, -1)
+                            if len(node.input) > 3 and node.input[3] else None)
+
+    def logits(self, hidden: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        if self.op == "MatMul":
+            return self.rows[ids] @ hidden
+        packed = np.asarray(self.packed[ids])
+        quants = np.empty((len(ids), packed.shape[1] * 2), dtype=np.float32)
+        quants[:, 0::2] = packed & 0x0F
+        quants[:, 1::2] = packed >> 4
+        if self.zero_points is None:
+            zeros = np.full((len(ids), self.blocks), 8.0, dtype=np.float32)
+        else:
+            zp_packed = np.asarray(self.zero_points[ids])
+            zeros = np.empty((len(ids), zp_packed.shape[1] * 2), dtype=np.float32)
+            zeros[:, 0::2] = zp_packed & 0x0F
+            zeros[:, 1::2] = zp_packed >> 4
+            zeros = zeros[:, : self.blocks]
+        scales = np.asarray(self.scales[ids], dtype=np.float32)
+        weights = (quants.reshape(len(ids), self.blocks, self.block) - zeros[:, :, None]) * scales[:, :, None]
+        weights = weights.reshape(len(ids), -1)[:, : self.hidden]
+        return weights @ hidden.astype(np.float32)
+
+
+class Model:
+    """A loaded model folder: tokenizer, config, the decoder session and the lm_head session."""
+
+    def __init__(self, folder: Path, *, threads: int | None = None) -> None:
+        self.folder = folder
+        self.name = folder.name
+        self.manifest: dict[str, Any] = (store.read_manifest(folder)
+                                         if (folder / store.MANIFEST).is_file() else {})
+        if self.manifest:
+            store.check_sizes(folder, self.manifest)
+        self.config = ModelConfig.from_folder(folder)
+        self.tokenizer = _load_tokenizer(folder / TOKENIZER_FILE)
+        self.threads = threads
+        self._decoder = _session(folder / DECODER_FILE, threads)
+        self._lm_head = _session(folder / LM_HEAD_FILE, threads, spin=False)
+        self._inputs = {i.name: i for i in self._decoder.get_inputs()}
+        outputs = [o.name for o in self._decoder.get_outputs()]
+        self._present_outputs = [name for name in outputs if name.startswith(PRESENT_PREFIX)]
+        hidden = [name for name in outputs if not name.startswith(PRESENT_PREFIX)]
+        if len(hidden) != 1 or "input_ids" not in self._inputs:
+            raise ModelError(f"{folder / DECODER_FILE} is not a gemmacli decoder graph "
+                             f"(outputs {outputs}); was it exported by gemmacli?",
+                             hint=f"gemmacli model export SOURCE --name {folder.name}")
+        self._hidden_output = hidden[0]
+        self._output_names = [self._hidden_output, *self._present_outputs]
+        self._past_for_present = {name: PAST_PREFIX + name[len(PRESENT_PREFIX):]
+                                  for name in self._present_outputs}
+        missing = [p for p in self._past_for_present.values() if p not in self._inputs]
+        if missing:
+            raise ModelError(f"{folder / DECODER_FILE}: no cache inputs for {missing}")
+        self._lm_head_input = self._lm_head.get_inputs()[0].name
+        self._rows: _LmHeadRows | None = None
+
+    @classmethod
+    def load(cls, ref: str | Path, *, threads: int | None = None,
+             environ: Mapping[str, str] | None = None) -> Model:
+        return cls(store.resolve_model(ref, environ), threads=threads)
+
+    @property
+    def sha256(self) -> str:
+        """The decoder graph's hash from the manifest ('' without one): identifies the weights in records."""
+        return str(self.manifest.get("files", {}).get(DECODER_FILE, {}).get("sha256", ""))
+
+    # -------------------------------------------------------------------------------------- running
+
+    def new_cache(self) -> KVCache:
+        values = {}
+        for name in self._past_for_present.values():
+            meta = self._inputs[name]
+            shape = [d if isinstance(d, int) else (1 if i == 0 else 0) for i, d in enumerate(meta.shape)]
+            values[name] = ort.OrtValue.ortvalue_from_numpy(
+                np.zeros(shape, dtype=_NUMPY_TYPES.get(meta.type, np.float32)))
+        return KVCache(values, 0)
+
+    def forward(self, cache: KVCache, token_ids: Sequence[int]) -> np.ndarray:
+        count = len(token_ids)
+        if count == 0:
+            raise ValueError("forward needs at least one token")
+        past = cache.length
+        feeds = dict(cache.values)
+        feeds["input_ids"] = _ortvalue(np.asarray(token_ids, dtype=np.int64).reshape(1, count),
+                                       self._inputs["input_ids"])
+        if "attention_mask" in self._inputs:
+            feeds["attention_mask"] = _ortvalue(np.ones((1, past + count), dtype=np.int64),
+                                                self._inputs["attention_mask"])
+        if "position_ids" in self._inputs:
+            positions = np.arange(past, past + count, dtype=np.int64).reshape(1, count)
+            feeds["position_ids"] = _ortvalue(positions, self._inputs["position_ids"])
+        try:
+            results = self._decoder.run_with_ort_values(self._output_names, feeds)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelError(f"{self.folder / DECODER_FILE} failed to run: {exc}") from exc
+        cache.values = {self._past_for_present[name]: value
+                        for name, value in zip(self._present_outputs, results[1:], strict=True)}
+        cache.length = past + count
+        return np.asarray(results[0].numpy(), dtype=np.float32).reshape(-1)
+
+    def logits(self, hidden: np.ndarray) -> np.ndarray:
+        hidden_2d = np.asarray(hidden, dtype=np.float32).reshape(1, -1)
+        (logits,) = self._lm_head.run(None, {self._lm_head_input: hidden_2d})
+        return np.asarray(logits, dtype=np.float32).reshape(-1)
+
+    def logits_for(self, hidden: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
+        if self._rows is None:
+            self._rows = _LmHeadRows(self.folder)
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        return np.asarray(self._rows.logits(np.asarray(hidden, dtype=np.float32).reshape(-1), ids),
+                          dtype=np.float32)
+
+    def generate_greedy(self, prompt_ids: Sequence[int], max_new_tokens: int,
+                        stop_ids: Sequence[int] | None = None) -> list[int]:
+        """Plain greedy decoding (no grammar): tests compare it with transformers, benchmarks time it."""
+        stops = set(self.config.eos_token_ids if stop_ids is None else stop_ids)
+        cache = self.new_cache()
+        hidden = self.forward(cache, list(prompt_ids))
+        generated: list[int] = []
+        for _ in range(max_new_tokens):
+            token = int(np.argmax(self.logits(hidden)))
+            generated.append(token)
+            if token in stops:
+                break
+            hidden = self.forward(cache, [token])
+        return generated
+
+
+def _ortvalue(array: np.ndarray, meta: Any) -> ort.OrtValue:
+    wanted = _NUMPY_TYPES.get(meta.type)
+    if wanted is not None and array.dtype != wanted:
+        array = array.astype(wanted)
+    return ort.OrtValue.ortvalue_from_numpy(array)
+
+
+def _session(path: Path, threads: int | None, *, spin: bool = True) -> ort.InferenceSession:
+    if not path.is_file():
+        raise ModelError(f"{path} is missing", hint=f"gemmacli model verify {path.parent}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if not spin:
+        # the lm_head runs between decoder steps: spinning idle threads would steal the decoder's cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"{path} cannot be loaded by onnxruntime: {exc}",
+                         hint=f"gemmacli model verify {path.parent}") from exc
+
+
+def _load_tokenizer(path: Path) -> Tokenizer:
+    try:
+        return Tokenizer.from_file(str(path))
+    except FileNotFoundError as exc:
+        raise ModelError(f"{path} is missing", hint=f"gemmacli model verify {path.parent}") from exc
+    except Exception as exc:
+        raise ModelError(f"{path} is not a valid tokenizer: {exc}",
+                         hint=f"gemmacli model verify {path.parent}") from exc
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -23,7 +23,7 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
 
 def register_all(sub: argparse._SubParsersAction) -> None:
     # Each module adds its own subparser(s); imports are local so `gemmacli --help` stays fast.
-    for name in ("extract_cmd", "check_cmd", "schema_cmd", "model_cmd"):
+    for name in ("extract_cmd", "check_cmd", "schema_cmd", "model_cmd", "completion"):
         try:
             module = __import__(f"gemmacli.cli.{name}", fromlist=["register"])
         except ModuleNotFoundError as exc:  # a command still being built

@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from rich.markup import escape
+
 from gemmacli import __version__
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, GemmacliError
@@ -25,7 +27,17 @@ exit codes:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of exiting, so usage errors flow through raw_main like any other."""
+    """argparse that raises instead of exiting, so usage errors flow through raw_main like any other.
+
+    A parser with an `examples` attribute prints it before everything else in --help: people look for
+    a command line to copy first, the option reference second.
+    """
+
+    examples: str | None = None
+
+    def format_help(self) -> str:
+        help_text = super().format_help()
+        return f"{self.examples}\n{help_text}" if self.examples else help_text
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise _ArgparseUsage(self.format_usage(), message)
@@ -44,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gemmacli",
         description="Unstructured text in, JSON that matches your JSON Schema out. Local, no cloud.",
-        epilog=commands.EXAMPLES + "\n" + EXIT_CODES_HELP,
+        epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.examples = commands.EXAMPLES
     parser.add_argument("--version", action="version", version=f"gemmacli {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.register_all(sub)
@@ -58,7 +71,10 @@ def raw_main(argv: Sequence[str] | None, env: Environment) -> ExitStatus:
     parser = build_parser()
     args = None
     try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
+        try:
+            args = parser.parse_args(list(argv) if argv is not None else None)
+        except SystemExit as exc:  # --help and --version print, then argparse exits: keep it a return
+            return ExitStatus(exc.code or 0) if isinstance(exc.code, int | None) else ExitStatus.USAGE
         env.verbosity = getattr(args, "verbose", 0) - getattr(args, "quiet", 0)
         env.debug = bool(getattr(args, "debug", False))
         handler = getattr(args, "handler", None)
@@ -79,16 +95,17 @@ def raw_main(argv: Sequence[str] | None, env: Environment) -> ExitStatus:
         env.console.print("[yellow]interrupted[/yellow]")
         return ExitStatus.INTERRUPTED
     except BrokenPipeError:
-        _silence_stdout()
+        _silence_stdout(env)
         return ExitStatus.OK
     except OSError as exc:
         if exc.errno == errno.EPIPE:
-            _silence_stdout()
+            _silence_stdout(env)
             return ExitStatus.OK
         if env.debug:
             env.console.print_exception()
         name = f": {exc.filename}" if exc.filename else ""
-        env.console.print(f"[red]error:[/red] {exc.strerror or exc}{name}", highlight=False)
+        message = escape(f"{exc.strerror or exc}{name}")
+        env.console.print(f"[red]error:[/red] {message}", highlight=False)
         return ExitStatus.IO
 
 
@@ -97,13 +114,19 @@ def _report(env: Environment, exc: GemmacliError) -> None:
     pointer = getattr(exc, "pointer", None)
     if pointer is not None:
         message = f"{message} (at {pointer or '/'})"
-    env.console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    env.console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
     if exc.hint:
-        env.console.print(f"[dim]hint:[/dim] {exc.hint}", highlight=False)
+        env.console.print(f"[dim]hint:[/dim] {escape(exc.hint)}", highlight=False)
 
 
-def _silence_stdout() -> None:
-    """After a closed pipe (`| head -1`), point stdout at devnull so the interpreter's final flush is quiet."""
+def _silence_stdout(env: Environment) -> None:
+    """After a closed pipe (`| head -1`), point stdout at devnull: the final flush stays quiet.
+
+    Only when the command wrote to the process's real stdout: a test's swapped stream must not cost the
+    test runner its own fd 1.
+    """
+    if env.stdout is not getattr(sys.stdout, "buffer", None):
+        return
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -1,0 +1,328 @@
+"""Decode speed of our exported graph vs onnxruntime-genai's model builder graph, same random 270m weights.
+
+One run prints, per context length (64 and 2048 tokens by default), the decode ms/token and the prefill
+seconds of:
+  ours      the gemmacli model folder as `gemmacli model export/synth` writes it (optimum -> split ->
+            gemmacli.fuse.fuse_attention -> INT4 MatMulNBits), run by gemmacli.runtime.Model:
+            forward(cache, [token]) + logits(hidden) (the full 262144-way lm_head) per token;
+  ours-io   the same graph run with IOBinding and preallocated, shared past/present buffers (the runtime
+            change this benchmark proposes; see bench/README.md);
+  builder   the builder's INT4 graph of the same HF checkpoint, run by onnxruntime-genai (its own loop:
+            shared KV buffer, 512-slot windowed cache on sliding layers, logits of the last position);
+  unfused   (--unfused) the optimum graph with the same split and INT4 but no attention rewrite;
+and the ratio ours/builder. Every graph runs in its own subprocess (two sessions in one process slow each
+other), several times; the tables show medians.
+
+    .venv/bin/python bench/bench_decode.py                  # synth `bench` (270m) if missing, build all
+    .venv/bin/python bench/bench_decode.py --model DIR --builder DIR --contexts 64,512,2048 --runs 5
+
+The builder runs in bench/.venv-builder (bench/setup_builder_env.sh makes it): it needs transformers 5.x,
+our exporter needs 4.57.x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+OUT = HERE / "out"
+BUILDER_VENV = HERE / ".venv-builder"
+BUILDER_PY = BUILDER_VENV / "bin" / "python"
+DEFAULT_MODEL = "bench"
+TOKEN_RANGE = (300, 4000)  # ordinary (non-special) ids that exist in every synth vocabulary
+
+
+# ------------------------------------------------------------------------------------------- workers
+# Each worker measures one graph in a fresh process and prints one JSON line:
+#   {"context": {ctx: {"decode_ms": [...per step...], "prefill_s": float}}}
+
+
+def _prompt(length: int, seed: int = 0) -> list[int]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [2, *(int(t) for t in rng.integers(*TOKEN_RANGE, size=length - 1))]
+
+
+def worker_ours(model_dir: str, contexts: list[int], steps: int, threads: int, logits: bool) -> dict:
+    """gemmacli.runtime.Model exactly as the CLI uses it: forward() then the full lm_head per token."""
+    import numpy as np
+
+    from gemmacli.runtime import Model
+
+    model = Model(Path(model_dir), threads=threads)
+    model.forward(model.new_cache(), _prompt(8))  # warm-up: first-run allocations
+    result: dict[str, Any] = {}
+    for ctx in contexts:
+        cache = model.new_cache()
+        t0 = time.perf_counter()
+        hidden = model.forward(cache, _prompt(ctx))
+        prefill = time.perf_counter() - t0
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            token = int(np.argmax(model.logits(hidden))) if logits else 1000
+            token = token if TOKEN_RANGE[0] <= token < TOKEN_RANGE[1] else 1000
+            hidden = model.forward(cache, [token])
+            times.append((time.perf_counter() - t0) * 1000)
+        result[str(ctx)] = {"decode_ms": times, "prefill_s": prefill}
+    return result
+
+
+def worker_iobinding(model_dir: str, contexts: list[int], steps: int, threads: int, logits: bool) -> dict:
+    """Prototype of the proposed runtime: IOBinding, one preallocated buffer per cache input, shared
+    between past and present (GQA's past_present_share_buffer), so no step copies the KV cache.
+
+    Buffer rows: the graph's static cache size where it has one (windowed sliding layers), else
+    `capacity` = context + steps. seqlens_k/total_sequence_length come from attention_mask as usual.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    from gemmacli.runtime import Model
+
+    model = Model(Path(model_dir), threads=threads)
+    sess = model._decoder  # the very session the runtime built (same options)
+    inputs = {i.name: i for i in sess.get_inputs()}
+    outputs = [o.name for o in sess.get_outputs()]
+    hidden_name = next(o for o in outputs if not o.startswith("present"))
+    pasts = [n for n in inputs if n.startswith("past_key_values")]
+
+    def run(ctx: int) -> tuple[float, list[float]]:
+        capacity = ctx + steps + 1
+        buffers = {}
+        for name in pasts:
+            shape = inputs[name].shape
+            rows = shape[2] if isinstance(shape[2], int) else capacity
+            buffers[name] = ort.OrtValue.ortvalue_from_shape_and_type(
+                [1, shape[1], rows, shape[3]], np.float32, "cpu", 0)
+        binding = sess.io_binding()
+        length = 0
+
+        def step(ids: list[int]) -> np.ndarray:
+            nonlocal length
+            binding.clear_binding_inputs()
+            binding.clear_binding_outputs()
+            binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
+            binding.bind_cpu_input("attention_mask", np.ones((1, length + len(ids)), dtype=np.int64))
+            binding.bind_output(hidden_name, "cpu")  # first: get_outputs() follows binding order
+            for name, buf in buffers.items():
+                binding.bind_ortvalue_input(name, buf)
+                binding.bind_ortvalue_output(name.replace("past_key_values", "present"), buf)
+            sess.run_with_iobinding(binding)
+            length += len(ids)
+            return binding.get_outputs()[0].numpy().reshape(-1)
+
+        t0 = time.perf_counter()
+        hidden = step(_prompt(ctx))
+        prefill = time.perf_counter() - t0
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            token = int(np.argmax(model.logits(hidden))) if logits else 1000
+            token = token if TOKEN_RANGE[0] <= token < TOKEN_RANGE[1] else 1000
+            hidden = step([token])
+            times.append((time.perf_counter() - t0) * 1000)
+        return prefill, times
+
+    run(8)
+    result: dict[str, Any] = {}
+    for ctx in contexts:
+        prefill, times = run(ctx)
+        result[str(ctx)] = {"decode_ms": times, "prefill_s": prefill}
+    return result
+
+
+def worker_builder(model_dir: str, contexts: list[int], steps: int, threads: int, logits: bool) -> dict:
+    """onnxruntime-genai's own generation loop on the builder graph (runs inside bench/.venv-builder)."""
+    import onnxruntime_genai as og
+
+    config = og.Config(model_dir)
+    config.clear_providers()
+    model = og.Model(config)
+    del logits  # the builder graph always computes the last position's logits
+
+    def run(ctx: int) -> tuple[float, list[float]]:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=max(ctx + steps + 1, 1024), do_sample=False)
+        gen = og.Generator(model, params)
+        t0 = time.perf_counter()
+        gen.append_tokens(_prompt(ctx))
+        prefill = time.perf_counter() - t0
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            gen.generate_next_token()
+            times.append((time.perf_counter() - t0) * 1000)
+        return prefill, times
+
+    run(8)
+    return {str(ctx): dict(zip(("prefill_s", "decode_ms"), run(ctx), strict=True)) for ctx in contexts}
+
+
+WORKERS = {"ours": worker_ours, "ours-io": worker_iobinding, "builder": worker_builder,
+           "unfused": worker_ours}
+
+
+def _set_builder_threads(model_dir: Path, threads: int) -> None:
+    """onnxruntime-genai takes session options from genai_config.json only."""
+    path = model_dir / "genai_config.json"
+    cfg = json.loads(path.read_text())
+    opts = cfg["model"]["decoder"]["session_options"]
+    if opts.get("intra_op_num_threads") != threads:
+        opts["intra_op_num_threads"] = threads
+        opts["inter_op_num_threads"] = 1
+        path.write_text(json.dumps(cfg, indent=4))
+
+
+# ------------------------------------------------------------------------------------------- building
+
+
+def _run(cmd: list[str], **kw: Any) -> None:
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True, **kw)
+
+
+def ensure_model(ref: str) -> Path:
+    """Our model folder: resolve `ref`, or synthesize it (`gemmacli model synth NAME --size 270m`)."""
+    from gemmacli import store
+    from gemmacli.errors import ModelError
+
+    try:
+        return store.resolve_model(ref)
+    except ModelError:
+        if Path(ref).exists() or "/" in ref:
+            raise
+    _run([str(ROOT / ".venv" / "bin" / "gemmacli"), "model", "synth", ref, "--size", "270m"])
+    return store.resolve_model(ref)
+
+
+def source_checkpoint(model_dir: Path) -> Path:
+    """The HF checkpoint synth exported from (kept in the model folder)."""
+    ckpt = model_dir / "source-checkpoint"
+    if not (ckpt / "config.json").is_file():
+        sys.exit(f"{model_dir} has no source-checkpoint/: pass --builder DIR (a builder graph of the same "
+                 "weights) or --checkpoint DIR")
+    return ckpt
+
+
+def ensure_builder(checkpoint: Path, out: Path) -> Path:
+    if (out / "genai_config.json").is_file():
+        return out
+    if not BUILDER_PY.exists():
+        _run(["bash", str(HERE / "setup_builder_env.sh")])
+    _run([str(BUILDER_PY), str(HERE / "builder_export.py"), str(checkpoint), str(out)])
+    return out
+
+
+def ensure_unfused(model_dir: Path, checkpoint: Path, out: Path) -> Path:
+    """Same export with fuse_attention replaced by the identity (the optimum attention, INT4)."""
+    if (out / "model.onnx").is_file():
+        return out
+    code = ("import sys, gemmacli.fuse as f; f.fuse_attention = lambda m, c, **k: m; "
+            "from gemmacli import export as e; from pathlib import Path; "
+            "e.export_model(sys.argv[1], Path(sys.argv[2]), force=True, name='bench-unfused')")
+    _run([sys.executable, "-c", code, str(checkpoint), str(out)])
+    return out
+
+
+# ------------------------------------------------------------------------------------------- reporting
+
+
+def measure(kind: str, model_dir: Path, contexts: list[int], steps: int, threads: int, logits: bool) -> dict:
+    python = str(BUILDER_PY) if kind == "builder" else sys.executable
+    args = json.dumps([str(model_dir), contexts, steps, threads, logits])
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run([python, __file__, "--worker", kind, args], capture_output=True, text=True,
+                          env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} worker failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="our model: name or folder (default: bench)")
+    parser.add_argument("--builder", type=Path, help="builder graph folder (default: built from the model's "
+                        "source checkpoint into bench/out/builder-<name>)")
+    parser.add_argument("--checkpoint", type=Path, help="HF checkpoint of the weights (default: the model's "
+                        "source-checkpoint/)")
+    parser.add_argument("--contexts", default="64,2048")
+    parser.add_argument("--steps", type=int, default=32, help="decode steps timed per context and run")
+    parser.add_argument("--runs", type=int, default=3, help="processes per graph (medians over them)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--kinds", default="ours,ours-io,builder", help="comma list of "
+                        + ", ".join(WORKERS))
+    parser.add_argument("--unfused", action="store_true", help="also measure the unfused optimum graph")
+    parser.add_argument("--no-logits", action="store_true", help="ours: skip the lm_head (decoder only)")
+    parser.add_argument("--json", type=Path, help="write all raw timings here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("worker_args", nargs="?", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](*json.loads(args.worker_args))))
+        return
+
+    contexts = [int(c) for c in args.contexts.split(",")]
+    kinds = [k for k in args.kinds.split(",") if k] + (["unfused"] if args.unfused else [])
+    model_dir = ensure_model(args.model)
+    folders: dict[str, Path] = {"ours": model_dir, "ours-io": model_dir}
+    if "builder" in kinds or "unfused" in kinds:
+        checkpoint = args.checkpoint or (None if args.builder and "unfused" not in kinds
+                                         else source_checkpoint(model_dir))
+        if "builder" in kinds:
+            folders["builder"] = args.builder or ensure_builder(checkpoint, OUT / f"builder-{model_dir.name}")
+            _set_builder_threads(folders["builder"], args.threads)
+        if "unfused" in kinds:
+            folders["unfused"] = ensure_unfused(model_dir, checkpoint, OUT / f"unfused-{model_dir.name}")
+
+    raw: dict[str, list[dict]] = {k: [] for k in kinds}
+    for run in range(args.runs):  # interleave graphs so machine noise hits all alike
+        for kind in kinds:
+            print(f"run {run + 1}/{args.runs}: {kind}", file=sys.stderr, flush=True)
+            raw[kind].append(measure(kind, folders[kind], contexts, args.steps, args.threads,
+                                     not args.no_logits))
+
+    def med(kind: str, ctx: int, key: str) -> float:
+        per_run = [r[str(ctx)][key] for r in raw[kind]]
+        if key == "decode_ms":
+            return statistics.median(statistics.median(t[2:]) for t in per_run)  # skip 2 warm-up steps
+        return statistics.median(per_run)
+
+    print(f"\ndecode ms/token (median of {args.runs} processes x {args.steps} steps, "
+          f"{args.threads} threads); prefill s")
+    head = f"{'graph':<10}" + "".join(f"{f'decode@{c}':>13}" for c in contexts) + "".join(
+        f"{f'prefill@{c}':>13}" for c in contexts)
+    print(head)
+    for kind in kinds:
+        print(f"{kind:<10}" + "".join(f"{med(kind, c, 'decode_ms'):>13.2f}" for c in contexts)
+              + "".join(f"{med(kind, c, 'prefill_s'):>13.3f}" for c in contexts))
+    if "builder" in kinds:
+        for kind in [k for k in kinds if k != "builder"]:
+            ratios = "".join(f"{med(kind, c, 'decode_ms') / med('builder', c, 'decode_ms'):>13.2f}"
+                             for c in contexts)
+            print(f"{kind + '/bld':<10}{ratios}")
+    for kind, folder in folders.items():
+        if kind in kinds:
+            print(f"  {kind}: {folder}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"args": vars(args) | {"builder": str(args.builder),
+                                                               "checkpoint": str(args.checkpoint),
+                                                               "json": str(args.json)},
+                                         "folders": {k: str(v) for k, v in folders.items()},
+                                         "raw": raw}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

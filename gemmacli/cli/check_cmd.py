@@ -1,0 +1,242 @@
+"""`gemmacli check`: extract every input with one schema, judge it with a policy, gate CI on the result.
+
+Order of work, so each class of problem gets its own exit status before any model time is spent:
+policy (3) -> schema (3) -> inputs (5) -> model manifest (4) -> per file: cache, else extract + judge.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from gemmacli import __version__
+from gemmacli.cache import ResultCache, atomic_write_bytes, default_cache_dir
+from gemmacli.check import (
+    ERROR,
+    PASS,
+    CheckRunner,
+    CheckSummary,
+    FileOutcome,
+    Policy,
+    canonical_json,
+    load_policy,
+    sha256_text,
+)
+from gemmacli.cli.commands import add_common_flags
+from gemmacli.env import Environment
+from gemmacli.errors import ExitStatus, UsageError
+from gemmacli.reports import FORMATS, compact_value, format_for_path, render
+
+FALLBACK_MODEL = "gemma-3-270m-it"
+
+DESCRIPTION = """\
+Extract each input with --schema and judge the result with --policy (a JSON Schema over the extracted
+JSON). A per-file summary goes to stderr; --format jsonl|junit|sarif writes a report to stdout or -o.
+Results are cached by content, schema, policy, model and version, so unchanged files are not re-run.
+"""
+
+EXAMPLES = """\
+examples:
+  gemmacli check --schema pii --policy no-pii docs/
+  gemmacli check --schema schemas/pii.json --policy schemas/policies/no-pii.json 'docs/**/*.md'
+  gemmacli check --schema pii --policy no-pii --format junit -o report.xml changed/*.txt
+  gemmacli check --schema pii --policy no-pii --format sarif -o gemmacli.sarif .
+"""
+
+EXIT_CODES = """\
+exit codes:
+  0  every file passed          1  a policy was violated (or a file could not be extracted)
+  3  schema or policy invalid    4  model missing or broken    5  input/output error
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="gate CI: extract with a schema, judge with a policy",
+        description=DESCRIPTION,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.examples = EXAMPLES  # type: ignore[attr-defined]  # printed first by the core parser
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
+                        help="files, folders (recursive), globs (quote them for '**'), or - for stdin")
+    parser.add_argument("--schema", "-s", required=True,
+                        help="extraction schema: a file, inline JSON, a bundled name, or the concise syntax")
+    parser.add_argument("--policy", "-p", required=True,
+                        help="a JSON Schema over the extracted JSON (file, inline JSON, bundled name)")
+    parser.add_argument("--format", "-f", choices=FORMATS, default=None,
+                        help="machine-readable report on stdout (or -o); default: none, or from -o's suffix")
+    parser.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE (atomically)")
+    parser.add_argument("--glob", metavar="PATTERN", help="only files matching PATTERN inside folders")
+    parser.add_argument("--allow-errors", action="store_true",
+                        help="a file that could not be extracted does not fail the check")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
+    parser.add_argument("--model", "-m", default=None,
+                        help="model name or folder (default: $GEMMACLI_MODEL or gemma-3-270m-it)")
+    parser.add_argument("--max-tokens", type=_positive_int, default=1024, metavar="N",
+                        help="generation budget per file")
+    parser.add_argument("--lenient", action="store_true",
+                        help="drop schema keywords the decoder cannot enforce (they are still validated)")
+    parser.add_argument("--instructions", metavar="TEXT", help="extra instructions for the model")
+    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                        help="onnxruntime threads")
+    parser.add_argument("--encoding", default="utf-8", help="input encoding (default utf-8)")
+    parser.add_argument("--errors", dest="decode_errors", choices=("strict", "replace"), default="strict",
+                        help="undecodable bytes: fail the file (strict) or replace them")
+    add_common_flags(parser)
+    parser.set_defaults(handler=run_check)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _report_format(args: argparse.Namespace) -> str | None:
+    if args.format is not None or args.output is None:
+        return args.format
+    guessed = format_for_path(args.output)
+    if guessed is None:
+        raise UsageError(f"cannot tell the report format from {args.output!r}",
+                         hint="add --format jsonl|junit|sarif")
+    return guessed
+
+
+def _model_ref(args: argparse.Namespace, env: Environment) -> str:
+    if args.model:
+        return args.model
+    if env.environ.get("GEMMACLI_MODEL"):
+        return env.environ["GEMMACLI_MODEL"]
+    try:
+        from gemmacli.api import DEFAULT_MODEL
+    except ImportError:
+        return FALLBACK_MODEL
+    return str(DEFAULT_MODEL)
+
+
+def model_fingerprint(model_ref: str, env: Environment) -> str:
+    """sha256 of the model's manifest file list, read without loading the model (ModelError -> 4).
+
+    Hashing the manifest rather than the weights keeps an all-cached CI run free of model work, and the
+    manifest already holds the sha256 of every model file.
+    """
+    from gemmacli.store import check_sizes, read_manifest, resolve_model
+
+    folder = resolve_model(model_ref, env.environ)
+    manifest = read_manifest(folder)
+    check_sizes(folder, manifest)
+    return sha256_text(canonical_json(manifest["files"]))
+
+
+def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    fmt = _report_format(args)
+    policy = load_policy(args.policy)
+
+    from gemmacli.schema import check_schema, load_schema
+
+    loaded_schema = load_schema(args.schema)
+    _, schema_warnings = check_schema(loaded_schema.schema, lenient=args.lenient)
+    for warning in schema_warnings:
+        env.warn(warning)
+
+    from gemmacli.inputs import collect_sources
+
+    inputs = list(args.inputs)
+    if not inputs:
+        if env.stdin_isatty:
+            raise UsageError("no input: name files, folders or globs (or pipe text and pass -)",
+                             hint="gemmacli check --schema pii --policy no-pii docs/")
+        inputs = ["-"]
+    sources = collect_sources(inputs, glob=args.glob, stdin=env.stdin)
+
+    model_ref = _model_ref(args, env)
+    fingerprint: dict[str, Any] = {
+        "gemmacli": __version__,
+        "schema": loaded_schema.sha256,
+        "policy": policy.sha256,
+        "model": model_fingerprint(model_ref, env),
+        "options": {"max_tokens": args.max_tokens, "lenient": args.lenient,
+                    "instructions": args.instructions},
+    }
+
+    def make_extractor() -> Any:
+        from gemmacli.api import Extractor
+
+        env.verbose(f"loading model {model_ref}")
+        return Extractor(loaded_schema, model=model_ref, lenient=args.lenient, max_tokens=args.max_tokens,
+                         instructions=args.instructions, threads=args.threads,
+                         warn=lambda _message: None)  # the schema's warnings were printed above
+
+    cache = None
+    if not args.no_cache:
+        cache = ResultCache(default_cache_dir(env.environ), warn=env.warn)
+        env.verbose(f"cache: {cache.folder}")
+    runner = CheckRunner(policy=policy, extractor_factory=make_extractor, fingerprint=fingerprint,
+                         cache=cache, encoding=args.encoding, decode_errors=args.decode_errors,
+                         on_outcome=lambda outcome: _print_outcome(env, outcome, args.allow_errors))
+    if not sources:
+        env.warn("no input files to check")
+    outcomes = runner.run(sources)
+    summary = CheckSummary(outcomes, allow_errors=args.allow_errors)
+    _print_totals(env, policy, summary, cached=cache is not None)
+
+    if fmt is not None:
+        report = render(fmt, outcomes, policy, allow_errors=args.allow_errors, base_dir=Path.cwd())
+        if args.output:
+            atomic_write_bytes(Path(args.output), report)
+            env.verbose(f"wrote {fmt} report to {args.output}")
+        else:
+            env.write_data(report)
+    return summary.exit_status()
+
+
+def _print_outcome(env: Environment, outcome: FileOutcome, allow_errors: bool) -> None:
+    """One line per file (plus one per violation): what CI logs show a person.
+
+    -q keeps only the files that did not pass; -qq prints nothing but errors from raw_main.
+    """
+    name = escape(outcome.source)
+    cached = " [dim](cached)[/dim]" if outcome.cached else ""
+    if outcome.status == PASS:
+        env.info(f"[green]pass[/green]      {name}{cached}")
+        return
+    if env.verbosity < -1:
+        return
+    if outcome.status == ERROR:
+        label = "[yellow]error[/yellow]    " if allow_errors else "[red]error[/red]    "
+        env.console.print(f"{label} {name}{cached}: {escape(outcome.error or 'extraction failed')}",
+                          highlight=False)
+        return
+    lines = [f"[red]violation[/red] {name}{cached}"]
+    for violation in outcome.violations:
+        where = violation.path or "/"
+        extracted = escape(compact_value(violation.value))
+        lines.append(f"  [bold]{escape(violation.rule)}[/bold] at {escape(where)}: "
+                     f"{escape(violation.message)} [dim](extracted: {extracted})[/dim]")
+        if violation.description:
+            lines.append(f"    {escape(violation.description)}")
+    env.console.print("\n".join(lines), highlight=False)
+
+
+def _print_totals(env: Environment, policy: Policy, summary: CheckSummary, *, cached: bool) -> None:
+    if env.verbosity < -1:
+        return
+    total = len(summary.outcomes)
+    parts = [f"{summary.passed} passed", f"{summary.violated} violated", f"{summary.errors} errors"]
+    if summary.errors and summary.allow_errors:
+        parts[-1] += " (allowed)"
+    cache_text = (f"cache: {summary.cache_hits} hits, {summary.cache_misses} misses" if cached
+                  else "cache: off")
+    files = "file" if total == 1 else "files"
+    env.console.print(f"{escape(policy.title)}: {total} {files}: {', '.join(parts)}; {cache_text}",
+                      highlight=False)
+

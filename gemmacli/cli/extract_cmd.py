@@ -1,0 +1,447 @@
+"""`gemmacli extract`: texts in (stdin, files, folders, JSON Lines), JSON out; the work lives in batch/api."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gemmacli import batch
+from gemmacli.cli.commands import add_common_flags
+from gemmacli.env import Environment
+from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, UsageError
+from gemmacli.inputs import Source, collect_sources
+
+DEFAULT_MODEL_NAME = "gemma-3-270m-it"
+
+EXAMPLES = """\
+examples:
+  cat mail.txt | gemmacli extract --schema schemas/contact.json
+  gemmacli extract --schema invoice notes/*.txt -o invoices.jsonl --jobs 2
+  gemmacli extract --schema 'name, age int, email?: their email, tags [str], mood enum(happy|sad)' -
+  gemmacli extract --schema s.json --input-jsonl tickets.jsonl --text-field body --id-field id
+  gemmacli extract --schema ticket inbox/ --glob '*.txt' -o triage.jsonl --resume
+"""
+
+DESCRIPTION = """\
+Extract JSON matching a schema from text. One input prints one JSON object (pretty on a terminal,
+compact when piped); several inputs print JSON Lines, one record per input, in input order:
+  {"source": ..., "ok": true, "data": {...}}   or   {"source": ..., "ok": false, "error": {...}}
+
+--schema takes a file path (only if that file exists), inline JSON, a bundled name
+(`gemmacli schema list`) or the concise syntax (`gemmacli schema dsl`); -v says which it was.
+"""
+
+# The seam tests use to run the CLI with a fake model: a picklable callable(ExtractOptions) -> Extractor.
+EXTRACTOR_FACTORY: batch.ExtractorFactory = batch.build_extractor
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from gemmacli.cli.core import EXIT_CODES_HELP
+
+    parser = sub.add_parser(
+        "extract",
+        help="extract JSON matching a schema from text",
+        description=DESCRIPTION,
+        epilog=EXIT_CODES_HELP
+        + "  In a batch, the exit code is 1 if any record failed (5 if any input could not be read).\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.examples = EXAMPLES  # type: ignore[attr-defined]  # printed first by the core parser
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="files, folders (recursive), globs, or - for stdin (the default when piped)",
+    )
+    parser.add_argument(
+        "-s",
+        "--schema",
+        required=True,
+        metavar="SCHEMA",
+        help="a path, inline JSON, a bundled name, or 'name, age int, ...'",
+    )
+
+    source = parser.add_argument_group("input")
+    source.add_argument(
+        "--input-jsonl",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="read texts from a JSON Lines file (repeatable; - for stdin)",
+    )
+    source.add_argument(
+        "--text-field",
+        default="text",
+        metavar="NAME",
+        help="the field holding the text in --input-jsonl records (default: text)",
+    )
+    source.add_argument(
+        "--id-field", metavar="NAME", help="the field naming each --input-jsonl record (default: FILE:LINE)"
+    )
+    source.add_argument("--glob", metavar="PATTERN", help="filter files found in folders, e.g. '*.txt'")
+    source.add_argument("--encoding", default="utf-8", help="input encoding (default: utf-8)")
+    source.add_argument(
+        "--errors",
+        default="strict",
+        choices=["strict", "replace", "ignore"],
+        help="what to do with undecodable bytes (default: strict, exit 5)",
+    )
+    source.add_argument(
+        "--allow-empty", action="store_true", help="extract from empty input instead of failing (exit 1)"
+    )
+
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write to FILE (a single result atomically; JSON Lines record by record)",
+    )
+    output.add_argument(
+        "--resume",
+        action="store_true",
+        help="with -o: skip sources already recorded in FILE, append the rest",
+    )
+    shape = output.add_mutually_exclusive_group()
+    shape.add_argument("--compact", action="store_true", help="one-line JSON even on a terminal")
+    shape.add_argument("--pretty", action="store_true", help="indented JSON even when piped")
+    output.add_argument(
+        "--records",
+        action="store_true",
+        help="JSON Lines records even for a single input (stable shape for scripts)",
+    )
+    output.add_argument(
+        "--with-meta",
+        action="store_true",
+        help="add model name + sha256, schema sha256, token counts and time",
+    )
+
+    run = parser.add_argument_group("model and decoding")
+    run.add_argument(
+        "-m",
+        "--model",
+        metavar="NAME|PATH",
+        help=f"model name or folder (default: $GEMMACLI_MODEL or {DEFAULT_MODEL_NAME})",
+    )
+    run.add_argument(
+        "--max-tokens",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="generation budget per input; running out is a failure (default: 1024)",
+    )
+    run.add_argument(
+        "--lenient",
+        action="store_true",
+        help="drop schema keywords the decoder cannot enforce (warned) instead of exit 3",
+    )
+    run.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, deterministic (default)")
+    run.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
+    run.add_argument("--seed", type=int, help="random seed for sampling")
+    run.add_argument("--instructions", metavar="TEXT|@FILE", help="extra instructions for the model")
+    run.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut input that is too long for the context instead of failing",
+    )
+
+    batch_group = parser.add_argument_group("batches")
+    batch_group.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes, each loading the model once (0 = one per CPU)",
+    )
+    batch_group.add_argument("--fail-fast", action="store_true", help="stop at the first failed record")
+    batch_group.add_argument(
+        "--progress-every",
+        type=int,
+        default=100,
+        metavar="N",
+        help="when stderr is not a terminal, a progress line every N records",
+    )
+    add_common_flags(parser)
+    parser.set_defaults(handler=handle, usage_text=parser.format_usage)
+
+
+def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    """Validate the command line, load and check the schema, gather sources, then extract."""
+    _validate(args)
+    options_schema = _load_schema(args, env)
+    sources = _gather_sources(args, env)
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        sources = _without_output_file(sources, output)
+    as_records = (
+        args.records or args.resume or bool(args.input_jsonl) or len(sources) != 1 or _names_a_set(args.inputs)
+    )
+    if not sources:
+        if args.allow_empty:
+            env.warn("no input found; nothing to do")
+            return ExitStatus.OK
+        raise ExtractionFailed("no input found", hint="check the paths and --glob, or pass --allow-empty")
+
+    model = args.model or env.environ.get("GEMMACLI_MODEL") or DEFAULT_MODEL_NAME
+    _check_model(model, env)
+    jobs = args.jobs if args.jobs > 0 else (os.cpu_count() or 1)
+    jobs = min(jobs, max(len(sources), 1))
+    options = batch.ExtractOptions(
+        schema=options_schema,
+        model=model,
+        lenient=args.lenient,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        instructions=_read_instructions(args.instructions),
+        truncate=args.truncate,
+        threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None,
+        encoding=args.encoding,
+        errors=args.errors,
+        allow_empty=args.allow_empty,
+        with_meta=args.with_meta,
+    )
+    env.verbose(f"model: {model}; {len(sources)} input(s); jobs: {jobs}")
+    if not as_records:
+        return _extract_single(sources[0], options, output, args, env)
+    if args.pretty:
+        env.warn("--pretty applies to a single result; JSON Lines keep one record per line")
+    return _extract_batch(sources, options, output, jobs, args, env)
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if args.resume and not args.output:
+        raise UsageError("--resume needs -o FILE: the records already in FILE say what to skip")
+    if args.max_tokens < 1:
+        raise UsageError("--max-tokens must be at least 1")
+    if args.jobs < 0:
+        raise UsageError("--jobs must be 0 (one per CPU) or more")
+    if args.temperature < 0:
+        raise UsageError("--temperature must be 0 or more")
+    if not 0 < args.top_p <= 1:
+        raise UsageError("--top-p must be in (0, 1]")
+    if args.progress_every < 0:
+        raise UsageError("--progress-every must be 0 (never) or more")
+
+
+def _load_schema(args: argparse.Namespace, env: Environment) -> Any:
+    """Load and check the schema before any model work; say which reading of --schema was taken."""
+    from gemmacli.dsl import looks_like_dsl
+    from gemmacli.schema import check_schema, load_schema
+
+    loaded = load_schema(args.schema)
+    readings = {
+        "file": f"the file {loaded.path}",
+        "inline": "inline JSON",
+        "bundled": f"the bundled schema {loaded.path}",
+        "dsl": "the concise syntax",
+    }
+    env.verbose(f"schema: read {args.schema!r} as {readings.get(loaded.source, loaded.source)}")
+    if loaded.source == "dsl" and not looks_like_dsl(args.schema):
+        env.warn(
+            f"{args.schema!r} is not a file or a bundled schema; reading it as the concise syntax "
+            "(one string field). `gemmacli schema list` shows the bundled names."
+        )
+    _, warnings = check_schema(loaded.schema, lenient=args.lenient)
+    for warning in warnings:
+        env.warn(warning)
+    return loaded
+
+
+def _gather_sources(args: argparse.Namespace, env: Environment) -> list[Source]:
+    inputs = list(args.inputs)
+    if not inputs and not args.input_jsonl:
+        if env.stdin_isatty:
+            env.console.print(args.usage_text().rstrip(), markup=False, highlight=False)
+            raise UsageError(
+                "no input: pipe text in, name files or folders, or pass - to type it",
+                hint="gemmacli extract --help",
+            )
+        inputs = ["-"]
+    if inputs.count("-") + args.input_jsonl.count("-") > 1:
+        raise UsageError("stdin (-) can be read only once")
+    sources = collect_sources(inputs, glob=args.glob, stdin=env.stdin) if inputs else []
+    if args.input_jsonl:
+        sources += collect_sources(
+            args.input_jsonl, stdin=env.stdin, jsonl=True, text_field=args.text_field, id_field=args.id_field
+        )
+    return sources
+
+
+def _names_a_set(inputs: list[str]) -> bool:
+    """A folder or an unexpanded glob asks for a set: records, even when it holds a single file today."""
+    for arg in inputs:
+        path = Path(arg)
+        if path.is_dir() or (not path.exists() and set("*?[") & set(arg)):
+            return True
+    return False
+
+
+def _without_output_file(sources: list[Source], output: Path) -> list[Source]:
+    """A folder or glob that contains -o FILE must not feed the results back in as input."""
+    try:
+        target = output.resolve()
+    except OSError:
+        return sources
+    return [s for s in sources if s.path is None or s.path.resolve() != target]
+
+
+def _check_model(model: str, env: Environment) -> None:
+    """Fail fast (exit 4) on a missing model, before reading input or starting workers."""
+    from gemmacli import store
+
+    resolve = getattr(store, "resolve_model", None)
+    if resolve is not None:
+        resolve(model, env.environ)
+
+
+def _read_instructions(value: str | None) -> str | None:
+    if value is None or not value.startswith("@"):
+        return value
+    path = Path(value[1:])
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputOutputError(f"cannot read instructions file {path}: {exc.strerror or exc}") from exc
+
+
+def dumps(value: Any, *, pretty: bool) -> bytes:
+    """JSON text for stdout or a file: UTF-8 as is, newline-terminated."""
+    if pretty:
+        text = json.dumps(value, ensure_ascii=False, indent=2)
+    else:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return (text + "\n").encode("utf-8")
+
+
+def _extract_single(
+    source: Source,
+    options: batch.ExtractOptions,
+    output: Path | None,
+    args: argparse.Namespace,
+    env: Environment,
+) -> ExitStatus:
+    """One input -> one JSON object; every failure is raised so raw_main reports it with its exit code."""
+    text = batch.read_source(source, options)
+    extractor = EXTRACTOR_FACTORY(options)
+    result = extractor.extract(text)
+    value: Any = result.data
+    if options.with_meta:
+        value = batch.success_record(source.name, result, extractor, with_meta=True)
+    pretty = args.pretty or (not args.compact and output is None and bool(env.stdout_isatty))
+    data = dumps(value, pretty=pretty)
+    if output is None:
+        env.write_data(data)
+    else:
+        write_atomically(output, data)
+        env.verbose(f"wrote {output}")
+    return ExitStatus.OK
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers see the old file or the new one."""
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise InputOutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _extract_batch(
+    sources: list[Source],
+    options: batch.ExtractOptions,
+    output: Path | None,
+    jobs: int,
+    args: argparse.Namespace,
+    env: Environment,
+) -> ExitStatus:
+    sink: batch.StdoutSink | batch.JsonlFileSink
+    if output is not None:
+        sink = batch.JsonlFileSink(output, resume=args.resume)
+        if args.resume and sink.recorded:
+            before = len(sources)
+            sources = batch.skip_recorded(sources, sink.recorded)
+            env.info(
+                f"resuming {output}: {before - len(sources)} of {before} already recorded, "
+                f"{len(sources)} to go"
+            )
+    else:
+        sink = batch.StdoutSink(env)
+    progress = batch.make_progress(env, every=args.progress_every)
+    written = _Counting(sink)
+    try:
+        summary = batch.run_batch(
+            sources,
+            options,
+            written,
+            jobs=jobs,
+            factory=EXTRACTOR_FACTORY,
+            progress=progress,
+            fail_fast=args.fail_fast,
+        )
+    except KeyboardInterrupt:
+        if output is not None:
+            env.info(f"{written.count} record(s) written to {output}; rerun with --resume to continue")
+        raise
+    finally:
+        sink.close()
+    _report(summary, output, env)
+    return summary.status
+
+
+class _Counting:
+    """Counts records as they are written, for the message after Ctrl-C."""
+
+    def __init__(self, sink: batch.RecordSink) -> None:
+        self.sink = sink
+        self.count = 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.sink.write(record)
+        self.count += 1
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+def _report(summary: batch.BatchSummary, output: Path | None, env: Environment) -> None:
+    """The closing lines on stderr: counts, speed, and the first failures by name."""
+    done = summary.ok + len(summary.failed)
+    rate = done / summary.seconds if summary.seconds > 0 else 0.0
+    where = f" to {output}" if output is not None else ""
+    failed = len(summary.failed)
+    colour = "red" if failed else "green"
+    env.info(
+        f"[{colour}]{done} record(s){where}: {summary.ok} ok, {failed} failed[/{colour}] "
+        f"in {batch.format_duration(summary.seconds)} ({rate:.2f} docs/s)"
+    )
+    for name, message in summary.failed[:10]:
+        env.info(f"  [red]failed[/red] {_escape(name)}: {_escape(message)}")
+    if failed > 10:
+        env.info(f'  ... and {failed - 10} more (see the records with "ok": false)')
+    if summary.stopped_early:
+        env.info("stopped at the first failure (--fail-fast)")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

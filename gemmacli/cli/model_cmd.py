@@ -1,0 +1,204 @@
+"""`gemmacli model ...`: make (export, pull, synth), find (list, info), check (verify) and remove models.
+
+Every NAME also takes a folder path. New models go to the first folder of the model search path
+(GEMMACLI_MODELS, ./onnx_models in a checkout, ~/.cache/gemmacli/models) unless --out-dir says otherwise.
+stdout gets data only (a new model's folder, `list` rows, `info` JSON); progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from gemmacli import store
+from gemmacli.cli.commands import add_common_flags
+from gemmacli.env import Environment
+from gemmacli.errors import ExitStatus, UsageError
+
+MODEL_EXAMPLES = """\
+examples:
+  gemmacli model pull                               # the prebuilt INT4 Gemma 3 270M IT
+  gemmacli model export google/gemma-3-270m-it --name gemma-3-270m-it
+  gemmacli model export ./my-finetune --name invoices --block-size 128
+  gemmacli model synth bench --size 270m            # random weights, real cost, no download
+  gemmacli model list
+  gemmacli model verify gemma-3-270m-it
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "model", help="export, pull, synthesize, list, inspect, verify and remove models",
+        description=__doc__, epilog=MODEL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_flags(parser)
+    actions = parser.add_subparsers(dest="model_action", metavar="ACTION", parser_class=type(parser))
+    parser.set_defaults(handler=_needs_action(parser))
+
+    export = actions.add_parser("export", help="export a Gemma 3 checkpoint (HF id or folder) to INT4 ONNX")
+    add_common_flags(export)
+    export.add_argument("source", metavar="SOURCE", help="Hugging Face id or local checkpoint folder")
+    export.add_argument("--name", required=True, help="model name (or a folder path to write)")
+    _add_build_flags(export)
+    export.set_defaults(handler=_export)
+
+    pull = actions.add_parser("pull", help="download the prebuilt INT4 Gemma 3 270M IT (Hugging Face)")
+    add_common_flags(pull)
+    pull.add_argument("name", metavar="NAME", nargs="?", default=store.DEFAULT_PULL_NAME,
+                      help=f"model name or folder path (default {store.DEFAULT_PULL_NAME})")
+    pull.add_argument("--repo", default=None, help="Hugging Face repo (default onnx-community/gemma-3-270m-it-ONNX)")
+    pull.add_argument("--revision", default="main", help="branch, tag or commit (default main)")
+    pull.add_argument("--out-dir", type=Path, help="store folder to write into")
+    pull.add_argument("--force", action="store_true", help="replace an existing model of that name")
+    pull.set_defaults(handler=_pull)
+
+    synth = actions.add_parser("synth", help="build a random-weight Gemma 3 (tiny for tests, 270m for speed)")
+    add_common_flags(synth)
+    synth.add_argument("name", metavar="NAME", help="model name (or a folder path to write)")
+    synth.add_argument("--size", choices=("tiny", "270m"), default="tiny", help="tiny (tests) or 270m (real shape)")
+    synth.add_argument("--seed", type=int, default=None, help="weight and tokenizer seed")
+    _add_build_flags(synth)
+    synth.set_defaults(handler=_synth)
+
+    listing = actions.add_parser("list", help="models on the search path (stdout: name, size, format, folder)")
+    add_common_flags(listing)
+    listing.set_defaults(handler=_list)
+
+    info = actions.add_parser("info", help="a model's manifest and config, as JSON on stdout")
+    add_common_flags(info)
+    info.add_argument("name", metavar="NAME", help="model name or folder path")
+    info.set_defaults(handler=_info)
+
+    verify = actions.add_parser("verify", help="re-hash every file against the manifest (exit 4 on a mismatch)")
+    add_common_flags(verify)
+    verify.add_argument("name", metavar="NAME", help="model name or folder path")
+    verify.set_defaults(handler=_verify)
+
+    remove = actions.add_parser("rm", help="delete a model folder")
+    add_common_flags(remove)
+    remove.add_argument("name", metavar="NAME", help="model name or folder path")
+    remove.set_defaults(handler=_remove)
+
+
+def _add_build_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=("int4", "fp32"), default="int4",
+                        help="int4 (default; MatMulNBits) or fp32 (no quantization, for checks)")
+    parser.add_argument("--block-size", type=int, choices=(32, 128), default=32,
+                        help="INT4 block size (default 32: closer to fp32; 128: smaller and faster)")
+    parser.add_argument("--accuracy-level", type=int, choices=(0, 1, 2, 3, 4), default=4,
+                        help="MatMulNBits compute type for the decoder (4 = int8, fastest; 0 = fp32)")
+    parser.add_argument("--out-dir", type=Path, help="store folder to write into")
+    parser.add_argument("--force", action="store_true", help="replace an existing model of that name")
+
+
+def _needs_action(parser: argparse.ArgumentParser):  # noqa: ANN202 - a handler
+    def handler(args: argparse.Namespace, env: Environment) -> ExitStatus:
+        env.console.print(parser.format_help(), markup=False, highlight=False)
+        return ExitStatus.USAGE
+
+    return handler
+
+
+def destination_for(name: str, out_dir: Path | None, env: Environment) -> Path:
+    """Where a new model named NAME goes: a path as given, else <out-dir or first store folder>/NAME."""
+    if store.looks_like_path(name):
+        return Path(name).expanduser()
+    if not name or name in (".", "..") or name.startswith("."):
+        raise UsageError(f"invalid model name {name!r}")
+    return (out_dir.expanduser() if out_dir else store.default_store_dir(env.environ)) / name
+
+
+def _build_options(args: argparse.Namespace, env: Environment) -> dict:
+    return {"precision": args.precision, "block_size": args.block_size,
+            "accuracy_level": args.accuracy_level, "report": env.info, "verbose": env.verbosity > 0}
+
+
+def _export(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    from gemmacli.export import export_model
+
+    destination = destination_for(args.name, args.out_dir, env)
+    env.info(f"exporting {args.source} -> {destination}")
+    export_model(args.source, destination, force=args.force, name=destination.name,
+                 **_build_options(args, env))
+    env.write_data(f"{destination}\n".encode())
+    return ExitStatus.OK
+
+
+def _synth(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    from gemmacli.synth import SEED, synthesize
+
+    destination = destination_for(args.name, args.out_dir, env)
+    env.info(f"synthesizing a random {args.size} Gemma 3 -> {destination}")
+    synthesize(destination.name, args.size, destination, force=args.force,
+               seed=SEED if args.seed is None else args.seed, **_build_options(args, env))
+    env.write_data(f"{destination}\n".encode())
+    return ExitStatus.OK
+
+
+def _pull(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    from gemmacli.pull import DEFAULT_REPO, pull_model
+
+    destination = destination_for(args.name, args.out_dir, env)
+    pull_model(destination, repo=args.repo or DEFAULT_REPO, revision=args.revision, force=args.force,
+               environ=env.environ, report=env.info)
+    env.write_data(f"{destination}\n".encode())
+    return ExitStatus.OK
+
+
+def _describe_format(manifest: dict) -> str:
+    quantization = manifest.get("quantization", {})
+    if quantization.get("bits") == 4:
+        return f"int4/b{quantization.get('block_size', '?')}"
+    return str(quantization.get("format", "?"))
+
+
+def _list(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    models = store.list_models(env.environ)
+    if not models:
+        searched = ", ".join(str(p) for p in store.model_search_path(env.environ))
+        env.info(f"no models found (searched {searched})")
+        env.info("get one: gemmacli model pull   or   gemmacli model synth tiny --size tiny")
+        return ExitStatus.OK
+    rows = []
+    for name, folder in models:
+        try:
+            manifest = store.read_manifest(folder)
+            kind = _describe_format(manifest)
+        except Exception:  # a broken model is still listed, so it can be found and removed
+            kind = "broken"
+        rows.append(f"{name}\t{store.folder_size(folder) / 2**20:.1f} MiB\t{kind}\t{folder}\n")
+    env.write_data("".join(rows).encode())
+    return ExitStatus.OK
+
+
+def _info(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    folder = store.resolve_model(args.name, env.environ)
+    manifest = store.read_manifest(folder)
+    config = store.ModelConfig.from_folder(folder)
+    summary = {
+        "name": manifest.get("name", folder.name),
+        "folder": str(folder),
+        "size_bytes": store.folder_size(folder),
+        "gemmacli_version": manifest.get("gemmacli_version"),
+        "created": manifest.get("created"),
+        "source": manifest.get("source"),
+        "quantization": manifest.get("quantization"),
+        "config": {key: value for key, value in vars(config).items() if key != "chat_template"},
+        "files": manifest.get("files"),
+    }
+    env.write_data((json.dumps(summary, indent=2) + "\n").encode())
+    return ExitStatus.OK
+
+
+def _verify(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    folder = store.resolve_model(args.name, env.environ)
+    manifest = store.verify_model(folder)
+    env.info(f"[green]ok[/green] {folder}: {len(manifest['files'])} files match the manifest")
+    return ExitStatus.OK
+
+
+def _remove(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    folder = store.resolve_model(args.name, env.environ)
+    store.remove_model(folder)
+    env.info(f"removed {folder}")
+    return ExitStatus.OK

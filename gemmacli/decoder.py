@@ -1,0 +1,188 @@
+"""The grammar-constrained decoding loop: grammar masks in, one valid JSON text out.
+
+Three things make it fast, none of which changes what greedy decoding would produce:
+- tokens the grammar decides (jump-forward tokens, and steps where exactly one token is allowed) never
+  need logits; they are queued and fed to the model together with the next chosen token in ONE forward
+  call, so a run of forced keys/punctuation costs one onnxruntime run, not one per token;
+- when few tokens are allowed, only their lm_head rows are computed (`Model.logits_for`), otherwise the
+  full lm_head runs and is masked;
+- the last tokens (closing brackets) are never fed at all: nothing needs logits after them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gemmacli.errors import ExtractionFailed
+from gemmacli.grammar import Mask
+
+#: Allowed-set size up to which only the allowed lm_head rows are computed. A gather of n INT4 rows costs
+#: about n/262144 of the full matmul plus a fixed overhead; bench/bench_extract.py measures the crossover.
+LM_HEAD_THRESHOLD = 4096
+
+
+@dataclass
+class DecodeOptions:
+    max_tokens: int = 1024
+    temperature: float = 0.0  # 0 = greedy (deterministic)
+    top_p: float = 1.0
+    seed: int | None = None
+    jump_forward: bool = True  # take grammar-forced tokens without asking the model
+    batch_forced: bool = True  # False: feed queued tokens one forward call each (tests/benchmarks compare)
+    lm_head_threshold: int = LM_HEAD_THRESHOLD  # 0 disables the grammar-aware lm_head
+
+
+@dataclass
+class DecodeResult:
+    tokens: list[int]  # output tokens (no eos)
+    text: str
+    generated_tokens: int  # chosen by the model (from logits)
+    forced_tokens: int  # decided by the grammar alone
+    model_calls: int  # decoder forward runs (prefill included)
+    seconds: float = 0.0
+    model_seconds: float = 0.0  # inside onnxruntime (forward + lm_head)
+    small_heads: int = 0  # steps that used logits_for
+    full_heads: int = 0  # steps that used the full lm_head
+    allowed_sizes: list[int] = field(default_factory=list)
+
+    @property
+    def overhead_seconds(self) -> float:
+        """Time spent outside onnxruntime: grammar masks, sampling, bookkeeping."""
+        return max(0.0, self.seconds - self.model_seconds)
+
+
+class _Sampler:
+    """Greedy or temperature/top-p sampling over the allowed tokens only (ids ascending, logits aligned)."""
+
+    def __init__(self, options: DecodeOptions) -> None:
+        self.temperature = float(options.temperature)
+        self.top_p = float(options.top_p)
+        self.rng = np.random.default_rng(options.seed)
+
+    def choose(self, ids: np.ndarray, logits: np.ndarray) -> int:
+        if self.temperature <= 0.0:
+            return int(ids[int(np.argmax(logits))])  # ties -> lowest token id, whichever head computed it
+        scaled = logits.astype(np.float64) / self.temperature
+        scaled -= scaled.max()
+        probs = np.exp(scaled)
+        probs /= probs.sum()
+        if self.top_p < 1.0:
+            order = np.argsort(-probs, kind="stable")
+            cumulative = np.cumsum(probs[order])
+            keep = order[: int(np.searchsorted(cumulative, self.top_p) + 1)]
+            kept = np.zeros_like(probs)
+            kept[keep] = probs[keep]
+            probs = kept / kept.sum()
+        return int(ids[int(self.rng.choice(len(ids), p=probs))])
+
+
+def decode(
+    model: Any,
+    cache: Any,
+    matcher: Any,
+    tokenizer: Any,
+    pending: Sequence[int],
+    options: DecodeOptions,
+    *,
+    hidden: np.ndarray | None = None,
+    model_calls: int = 0,
+    model_seconds: float = 0.0,
+) -> DecodeResult:
+    """Run the loop until the grammar is complete; ExtractionFailed when max_tokens runs out first.
+
+    `pending` holds tokens not yet fed to the model (the prompt, or nothing when the caller prefilled it
+    and passes the resulting `hidden`). `tokenizer` is llguidance's LLTokenizer (for the text).
+    """
+    start = time.perf_counter()
+    eos = set(int(e) for e in tokenizer.eos_tokens)
+    n_vocab = int(tokenizer.vocab_size)
+    mask = Mask(n_vocab)
+    sampler = _Sampler(options)
+    pending = list(pending)
+    out: list[int] = []
+    generated = forced = small = full = 0
+    sizes: list[int] = []
+
+    def feed(tokens: list[int]) -> np.ndarray:
+        nonlocal model_calls, model_seconds
+        groups = [tokens] if options.batch_forced or model_calls == 0 else [[t] for t in tokens]
+        for group in groups:
+            t0 = time.perf_counter()
+            result = model.forward(cache, group)
+            model_seconds += time.perf_counter() - t0
+            model_calls += 1
+        return result
+
+    def fail(why: str) -> ExtractionFailed:
+        exc = ExtractionFailed(why, hint="raise --max-tokens" if "max-tokens" in why else None)
+        exc.partial_text = tokenizer.decode_bytes(out).decode("utf-8", errors="replace")  # type: ignore[attr-defined]
+        return exc
+
+    while True:
+        if matcher.is_error():
+            raise fail(f"the grammar engine stopped with an error: {matcher.get_error()}")
+        if matcher.is_stopped():
+            break
+        if options.jump_forward:
+            ff = matcher.compute_ff_tokens()
+            if ff:
+                if len(out) + len(ff) > options.max_tokens:
+                    raise fail(_budget_message(options.max_tokens))
+                if not matcher.consume_tokens(ff):
+                    raise fail(f"the grammar engine refused its own forced tokens: {matcher.get_error()}")
+                out.extend(ff)
+                pending.extend(ff)
+                forced += len(ff)
+                continue
+        mask.fill(matcher)
+        count = mask.count()
+        if count == 0:
+            raise fail(f"the grammar allows no next token: {matcher.get_error() or 'dead end'}")
+        ids = mask.allowed() if (count <= options.lm_head_threshold or count == 1) else None
+        if options.jump_forward and ids is not None and ids.size == 1 and int(ids[0]) not in eos:
+            token = int(ids[0])  # the grammar decides: no logits needed
+            forced += 1
+        else:
+            if len(out) >= options.max_tokens:
+                raise fail(_budget_message(options.max_tokens))
+            if pending:
+                hidden = feed(pending)
+                pending = []
+            elif hidden is None:
+                raise fail("nothing to decode from: empty prompt")
+            t0 = time.perf_counter()
+            if ids is not None and options.lm_head_threshold > 0:
+                logits = np.asarray(model.logits_for(hidden, ids), dtype=np.float32)
+                small += 1
+            else:
+                allowed = ids if ids is not None else mask.allowed()
+                logits = np.asarray(model.logits(hidden), dtype=np.float32)[allowed]
+                ids = allowed
+                full += 1
+            model_seconds += time.perf_counter() - t0
+            sizes.append(int(ids.size))
+            token = sampler.choose(ids, logits)
+            generated += 1
+        if token in eos:
+            break
+        if len(out) >= options.max_tokens:
+            raise fail(_budget_message(options.max_tokens))
+        if not matcher.consume_token(token):
+            raise fail(f"the grammar engine refused an allowed token: {matcher.get_error()}")
+        out.append(token)
+        pending.append(token)
+    if not matcher.is_accepting():
+        raise fail("the grammar stopped before the JSON was complete")
+    text = tokenizer.decode_bytes(out).decode("utf-8", errors="strict")
+    seconds = time.perf_counter() - start
+    return DecodeResult(out, text, generated, forced, model_calls, seconds, model_seconds, small, full, sizes)
+
+
+def _budget_message(max_tokens: int) -> str:
+    return (f"the model did not finish the JSON within --max-tokens {max_tokens} tokens; "
+            "no partial output is given")

@@ -1,0 +1,418 @@
+"""Hugging Face Gemma 3 checkpoint -> gemmacli model folder (optimum export, lm_head split, fusion, INT4).
+
+Stages (one stderr line each, with its time):
+  check      the checkpoint is a text-only Gemma 3 (anything else: UsageError, exit 2)
+  export     optimum, task text-generation-with-past (optimum stays the exporter)
+  split      the decoder graph returns the final-normed hidden state of the last position only; the
+             lm_head MatMul moves into its own lm_head.onnx (no [seq, 262144] logits on prefill)
+  fuse       gemmacli.fuse.fuse_attention (attention rewrite; keeps input/output names)
+  quantize   int4: MatMulNBits on every MatMul, block 32|128. The decoder uses accuracy_level 4 (int8
+             compute, faster); the lm_head uses fp32 compute so Model.logits_for, which dequantizes rows in
+             numpy, equals Model.logits to float rounding. The tied embedding lookup becomes a
+             GatherBlockQuantized that reads the lm_head's int4 bytes in lm_head.onnx.data (one copy on disk).
+  write      model.onnx(.data), lm_head.onnx(.data), tokenizer.json, gemmacli.json, manifest.json
+
+Everything is built in a temp folder beside the destination and renamed at the end.
+Needs the `export` extra (optimum, transformers, torch, onnx).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from gemmacli import store
+from gemmacli.errors import ModelError, UsageError
+
+SUPPORTED_MODEL_TYPES = ("gemma3_text",)
+PRECISIONS = ("int4", "fp32")
+BLOCK_SIZES = (32, 128)
+DEFAULT_BLOCK_SIZE = 32
+DEFAULT_ACCURACY_LEVEL = 4
+HIDDEN_OUTPUT = "last_hidden_state"  # decoder output: [batch, hidden], the last new position
+LM_HEAD_INPUT = "hidden"
+LM_HEAD_OUTPUT = "logits"
+LOGITS_OUTPUT = "logits"  # optimum's (and onnx-community's) full-sequence logits output
+GEMMA_EOS_IDS = (1, 106)
+MS_DOMAIN = "com.microsoft"
+
+Report = Callable[[str], None]
+
+
+class Stages:
+    """Prints one line per finished stage with its wall time (progress goes to stderr only)."""
+
+    def __init__(self, report: Report | None) -> None:
+        self.report = report or (lambda _message: None)
+        self.started = time.perf_counter()
+
+    @contextlib.contextmanager
+    def stage(self, name: str, detail: str = "") -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        elapsed = time.perf_counter() - start
+        self.report(f"  {name:<9} {elapsed:6.1f} s  {detail}".rstrip())
+
+    def done(self, message: str) -> None:
+        self.report(f"{message} in {time.perf_counter() - self.started:.1f} s")
+
+
+# ------------------------------------------------------------------------------------------ checking
+
+
+def load_hf_config(source: str) -> dict[str, Any]:
+    """config.json of a local folder or a Hub id, as a dict (the Hub is only reached for an id)."""
+    local = Path(source).expanduser()
+    if local.is_dir():
+        path = local / "config.json"
+        if not path.is_file():
+            raise UsageError(f"{local} has no config.json: not a Hugging Face checkpoint folder")
+        return json.loads(path.read_text(encoding="utf-8"))
+    if local.exists():
+        raise UsageError(f"{local} is a file; SOURCE must be a checkpoint folder or a Hugging Face id")
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(source).to_dict()
+    except OSError as exc:
+        raise ModelError(f"cannot read the checkpoint {source!r}: {exc}",
+                         hint="check the id, your network, or pass a local checkpoint folder") from exc
+
+
+def check_architecture(config: dict[str, Any]) -> None:
+    model_type = config.get("model_type")
+    if model_type in SUPPORTED_MODEL_TYPES:
+        return
+    if model_type == "gemma3":
+        reason = ("it is the multimodal Gemma 3 (model_type gemma3); gemmacli runs the text-only "
+                  "Gemma3ForCausalLM (model_type gemma3_text), such as google/gemma-3-270m(-it)")
+    else:
+        reason = (f"its architecture is {model_type or 'unknown'} "
+                  f"({', '.join(config.get('architectures') or []) or 'no architectures listed'}); "
+                  f"gemmacli runs Gemma 3 text models (model_type {', '.join(SUPPORTED_MODEL_TYPES)})")
+    raise UsageError(f"cannot export this checkpoint: {reason}")
+
+
+# --------------------------------------------------------------------------------------- graph surgery
+
+
+def _producers(graph: Any) -> dict[str, Any]:
+    return {output: node for node in graph.node for output in node.output}
+
+
+def _consumers(graph: Any, name: str) -> list[Any]:
+    return [node for node in graph.node if name in node.input]
+
+
+def split_lm_head(model: Any) -> tuple[Any, Any]:
+    """Cut the lm_head out of a graph that outputs full-sequence `logits`.
+
+    Returns (decoder, lm_head): the decoder's `logits` output is replaced by `last_hidden_state` [batch, H]
+    (the lm_head's input, sliced to the last position); lm_head maps `hidden` [batch, H] to
+    `logits` [batch, V] with the same node (MatMul or MatMulNBits) and its weights.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    head = _producers(graph).get(LOGITS_OUTPUT)
+    if head is None or head.op_type not in ("MatMul", "MatMulNBits"):
+        found = head.op_type if head is not None else "nothing"
+        raise ModelError(f"unexpected graph: output {LOGITS_OUTPUT!r} is produced by {found}, not a MatMul")
+    hidden_in = head.input[0]
+    initializers = {init.name: init for init in graph.initializer}
+    weight_names = [name for name in head.input[1:] if name]
+    missing = [name for name in weight_names if name not in initializers]
+    if missing:
+        raise ModelError(f"unexpected graph: lm_head weights {missing} are not initializers")
+
+    hidden_size = _last_dim(graph, hidden_in, head, initializers)
+    graph.node.remove(head)
+    lm_head_inits = []
+    for name in weight_names:
+        init = initializers[name]
+        if not _consumers(graph, name):
+            graph.initializer.remove(init)
+        lm_head_inits.append(init)
+    out_info = next(o for o in graph.output if o.name == LOGITS_OUTPUT)
+    vocab_dim = out_info.type.tensor_type.shape.dim[-1]
+    vocab_size = vocab_dim.dim_value or None
+    graph.output.remove(out_info)
+
+    # last position of [batch, seq, H] -> [batch, H]
+    graph.initializer.extend([
+        onnx.numpy_helper.from_array(_i64([-1]), "gemmacli_last_start"),
+        onnx.numpy_helper.from_array(_i64([2**62]), "gemmacli_last_end"),
+        onnx.numpy_helper.from_array(_i64([1]), "gemmacli_seq_axis"),
+    ])
+    graph.node.extend([
+        helper.make_node("Slice", [hidden_in, "gemmacli_last_start", "gemmacli_last_end", "gemmacli_seq_axis"],
+                         ["gemmacli_last_position"], name="gemmacli/last_position"),
+        helper.make_node("Squeeze", ["gemmacli_last_position", "gemmacli_seq_axis"], [HIDDEN_OUTPUT],
+                         name="gemmacli/squeeze_last_position"),
+    ])
+    graph.output.insert(0, helper.make_tensor_value_info(HIDDEN_OUTPUT, TensorProto.FLOAT,
+                                                         ["batch_size", hidden_size]))
+
+    lm_node = helper.make_node(head.op_type, [LM_HEAD_INPUT, *head.input[1:]], [LM_HEAD_OUTPUT],
+                               name="lm_head", domain=head.domain)
+    lm_node.attribute.extend(head.attribute)
+    lm_graph = helper.make_graph(
+        [lm_node], "gemmacli_lm_head",
+        [helper.make_tensor_value_info(LM_HEAD_INPUT, TensorProto.FLOAT, ["batch_size", hidden_size])],
+        [helper.make_tensor_value_info(LM_HEAD_OUTPUT, TensorProto.FLOAT, ["batch_size", vocab_size])],
+        initializer=[_copy_tensor(init) for init in lm_head_inits],
+    )
+    lm_head = helper.make_model(lm_graph, opset_imports=list(model.opset_import),
+                                producer_name="gemmacli", ir_version=model.ir_version)
+    return model, lm_head  # the new nodes were appended after their inputs: still topologically sorted
+
+
+def _copy_tensor(tensor: Any) -> Any:
+    import onnx
+
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    return copy
+
+
+def _i64(values: list[int]) -> Any:
+    import numpy as np
+
+    return np.asarray(values, dtype=np.int64)
+
+
+def _last_dim(graph: Any, hidden_in: str, head: Any, initializers: dict[str, Any]) -> int:
+    """Hidden size: from the lm_head weight (MatMul [H, V]) or MatMulNBits' K attribute."""
+    if head.op_type == "MatMulNBits":
+        return next(a.i for a in head.attribute if a.name == "K")
+    return int(initializers[head.input[1]].dims[0])
+
+
+# ------------------------------------------------------------------------------------------ quantizing
+
+
+def quantize_int4(model: Any, *, block_size: int, accuracy_level: int | None) -> tuple[Any, list[str]]:
+    """Every MatMul with a constant weight -> MatMulNBits (asymmetric int4). Returns (model, weight names)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    initializers = {init.name for init in model.graph.initializer}
+    weights = [node.input[1] for node in model.graph.node
+               if node.op_type == "MatMul" and node.input[1] in initializers]
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=False,
+                                     accuracy_level=accuracy_level)
+    with _quiet_logging():
+        quantizer.process()
+    return quantizer.model.model, weights
+
+
+def share_embedding_with_lm_head(decoder: Any, lm_head_on_disk: Any, *, data_file: str,
+                                 block_size: int) -> str | None:
+    """Replace the tied embedding's Gather with GatherBlockQuantized over the lm_head's int4 bytes.
+
+    `lm_head_on_disk` is the saved lm_head.onnx (loaded without its data), whose MatMulNBits weights live in
+    `data_file`: the decoder's new initializers point at the same bytes (B is [V, K/2] packed rows, the
+    layout GatherBlockQuantized reads for uint8 data). Returns the replaced embedding's name, or None.
+    """
+    import onnx
+    from onnx import helper
+
+    node = next((n for n in lm_head_on_disk.graph.node if n.op_type == "MatMulNBits"), None)
+    if node is None:
+        return None
+    attrs = {a.name: a.i for a in node.attribute}
+    hidden, vocab = attrs["K"], attrs["N"]
+    blocks = -(-hidden // block_size)
+    graph = decoder.graph
+    initializers = {init.name: init for init in graph.initializer}
+    gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] in initializers
+                   and list(initializers[n.input[0]].dims) == [vocab, hidden]), None)
+    if gather is None:
+        return None
+    on_disk = {init.name: init for init in lm_head_on_disk.graph.initializer}
+    shapes = {"data": [vocab, hidden // 2], "scales": [vocab, blocks], "zero_points": [vocab, -(-blocks // 2)]}
+    names = [name for name in node.input[1:4] if name]
+    if len(names) != 3:  # symmetric quantization has no zero points; keep the plain Gather then
+        return None
+    shared = []
+    for (role, dims), source_name in zip(shapes.items(), names, strict=True):
+        source = on_disk[source_name]
+        tensor = onnx.TensorProto(name=f"gemmacli_embedding_{role}", data_type=source.data_type)
+        tensor.dims.extend(dims)
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        entries = {e.key: e.value for e in source.external_data}
+        if entries.get("location") != data_file:
+            return None
+        for key in ("location", "offset", "length"):
+            if key in entries:
+                tensor.external_data.add(key=key, value=entries[key])
+        shared.append(tensor)
+    embedding = gather.input[0]
+    replacement = helper.make_node(
+        "GatherBlockQuantized", [shared[0].name, gather.input[1], shared[1].name, shared[2].name],
+        list(gather.output), name="gemmacli/embedding", domain=MS_DOMAIN,
+        gather_axis=0, quantize_axis=1, block_size=block_size, bits=4)
+    index = list(graph.node).index(gather)
+    graph.node.remove(gather)
+    graph.node.insert(index, replacement)
+    if not _consumers(graph, embedding):
+        graph.initializer.remove(initializers[embedding])
+    graph.initializer.extend(shared)
+    if not any(o.domain == MS_DOMAIN for o in decoder.opset_import):
+        decoder.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return embedding
+
+
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def _run_optimum(source: str, out_dir: Path, verbose: bool) -> None:
+    from optimum.exporters.onnx import main_export
+
+    with contextlib.ExitStack() as stack:
+        # stdout carries data only: the exporter's prints and warnings go to stderr, or nowhere.
+        stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+        if not verbose:
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore")
+            stack.enter_context(_quiet_logging())
+            _silence_library_loggers()
+        main_export(source, output=out_dir, task="text-generation-with-past", device="cpu",
+                    do_validation=False, library_name="transformers")
+
+
+def _silence_library_loggers() -> None:
+    with contextlib.suppress(Exception):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    import logging
+
+    for name in ("optimum", "transformers", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def save_graph(model: Any, path: Path) -> None:
+    """External data always (lm_head's bytes are shared by the decoder's embedding lookup)."""
+    import onnx
+
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{path.name}.data", size_threshold=1024)
+
+
+def model_config_for(hf_config: dict[str, Any], exported: Path) -> store.ModelConfig:
+    eos = set(GEMMA_EOS_IDS)
+    for config_name in ("generation_config.json", "config.json"):
+        path = exported / config_name
+        if path.is_file():
+            value = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+            eos.update(value if isinstance(value, list) else [value] if isinstance(value, int) else [])
+    template = store.GEMMA3_CHAT_TEMPLATE
+    jinja = exported / "chat_template.jinja"
+    tokenizer_config = exported / "tokenizer_config.json"
+    if jinja.is_file():
+        template = jinja.read_text(encoding="utf-8")
+    elif tokenizer_config.is_file():
+        template = json.loads(tokenizer_config.read_text(encoding="utf-8")).get("chat_template") or template
+    return store.ModelConfig(
+        eos_token_ids=sorted(eos),
+        bos_token_id=int(hf_config.get("bos_token_id") or 2),
+        pad_token_id=int(hf_config.get("pad_token_id") or 0),
+        context_length=int(hf_config.get("max_position_embeddings") or 32768),
+        vocab_size=int(hf_config["vocab_size"]),
+        hidden_size=int(hf_config["hidden_size"]),
+        chat_template=template,
+        model_type=str(hf_config.get("model_type")),
+    )
+
+
+def export_into(folder: Path, source: str, *, name: str, precision: str = "int4",
+                block_size: int = DEFAULT_BLOCK_SIZE, accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
+                report: Report | None = None, verbose: bool = False,
+                source_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Export `source` into an existing (staging) folder and write its manifest. Returns the manifest."""
+    import onnx
+
+    from gemmacli.fuse import fuse_attention
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if block_size not in BLOCK_SIZES:
+        raise UsageError(f"block size must be one of {', '.join(map(str, BLOCK_SIZES))}, not {block_size}")
+    stages = Stages(report)
+    with stages.stage("check", source):
+        hf_config = load_hf_config(source)
+        check_architecture(hf_config)
+    work = folder / "_optimum"
+    try:
+        with stages.stage("export", "optimum, text-generation-with-past"):
+            _run_optimum(source, work, verbose)
+        with stages.stage("split", "last-position hidden state out; lm_head.onnx apart"):
+            graph_path = work / "model.onnx"
+            decoder = onnx.load(str(graph_path), load_external_data=True)
+            decoder, lm_head = split_lm_head(decoder)
+        with stages.stage("fuse", "gemmacli.fuse.fuse_attention"):
+            decoder = fuse_attention(decoder, hf_config)
+        quantization: dict[str, Any] = {"bits": 32, "format": "fp32"}
+        if precision == "int4":
+            with stages.stage("quantize", f"int4 MatMulNBits, block {block_size}"):
+                decoder, decoder_weights = quantize_int4(decoder, block_size=block_size,
+                                                         accuracy_level=accuracy_level)
+                lm_head, head_weights = quantize_int4(lm_head, block_size=block_size, accuracy_level=0)
+        with stages.stage("write", str(folder)):
+            save_graph(lm_head, folder / "lm_head.onnx")
+            embedding = None
+            if precision == "int4":
+                on_disk = onnx.load(str(folder / "lm_head.onnx"), load_external_data=False)
+                embedding = share_embedding_with_lm_head(decoder, on_disk, data_file="lm_head.onnx.data",
+                                                         block_size=block_size)
+                quantization = {
+                    "bits": 4, "format": "int4", "block_size": block_size, "symmetric": False,
+                    "method": "onnxruntime MatMulNBitsQuantizer",
+                    "accuracy_level": {"model.onnx": accuracy_level, "lm_head.onnx": 0},
+                    "tensors": {"model.onnx": decoder_weights, "lm_head.onnx": head_weights},
+                    "embedding": ("GatherBlockQuantized over the lm_head's int4 bytes (lm_head.onnx.data)"
+                                  if embedding else "fp32 Gather"),
+                }
+            save_graph(decoder, folder / "model.onnx")
+            tokenizer = work / "tokenizer.json"
+            if not tokenizer.is_file():
+                raise ModelError(f"{source} has no fast tokenizer (tokenizer.json) and none could be built")
+            shutil.copyfile(tokenizer, folder / "tokenizer.json")
+            model_config_for(hf_config, work).write(folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    info = source_info or ({"kind": "local", "path": str(Path(source).expanduser().resolve())}
+                           if Path(source).expanduser().is_dir() else {"kind": "huggingface", "id": source})
+    manifest = store.write_manifest(folder, name=name, source=info, quantization=quantization,
+                                    extra={"exporter": "optimum text-generation-with-past",
+                                           "model_type": hf_config.get("model_type")})
+    stages.done(f"exported {name}")
+    return manifest
+
+
+def export_model(source: str, destination: Path, *, force: bool = False, **options: Any) -> Path:
+    """Export into `destination` atomically (temp folder beside it, renamed at the end)."""
+    with store.staging_folder(destination, force=force) as staging:
+        export_into(staging, source, name=options.pop("name", destination.name), **options)
+    return destination

@@ -1,0 +1,186 @@
+"""The user turn the model reads: an instruction, a field guide built from the schema, the text.
+
+Gemma has no system role, so everything sits in one user turn:
+`<bos><start_of_turn>user\n…<end_of_turn>\n<start_of_turn>model\n`. The grammar enforces the shape; the
+guide tells the model what each field *means* and that missing information is null/empty, not invented.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from gemmacli.errors import ExtractionFailed
+
+INSTRUCTION = (
+    "Extract the information from the text below as one JSON value that matches the schema. "
+    "Use only facts stated in the text; never invent values."
+)
+MISSING = (
+    "If the text does not give an optional field, use null where the field allows null, an empty list for "
+    "lists, or leave the field out."
+)
+_TURN_MARKERS = ("<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>")
+_MAX_ENUM = 12
+_MAX_DEPTH = 3
+
+
+def _type_name(node: dict, defs_root: dict) -> str:
+    node = _deref(node, defs_root)
+    if "const" in node:
+        return f"constant {json.dumps(node['const'])}"
+    if "enum" in node:
+        values = node["enum"][:_MAX_ENUM]
+        more = ", ..." if len(node["enum"]) > _MAX_ENUM else ""
+        return "one of " + ", ".join(json.dumps(v, ensure_ascii=False) for v in values) + more
+    kind = node.get("type")
+    if isinstance(kind, list):
+        return " or ".join(str(k) for k in kind)
+    if kind == "array":
+        items = node.get("items")
+        return f"list of {_type_name(items, defs_root)}" if isinstance(items, dict) else "list"
+    if kind:
+        fmt = node.get("format")
+        return f"{kind} ({fmt})" if isinstance(fmt, str) else str(kind)
+    for key in ("anyOf", "oneOf"):
+        if isinstance(node.get(key), list):
+            return " or ".join(_type_name(b, defs_root) for b in node[key][:4] if isinstance(b, dict))
+    return "any JSON value"
+
+
+def _deref(node: Any, defs_root: dict, depth: int = 0) -> dict:
+    """Follow a local '#/...' $ref for the guide (display only; the grammar does the real resolution)."""
+    if not isinstance(node, dict):
+        return {}
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/") and depth < 8:
+        target: Any = defs_root
+        for token in ref[2:].split("/"):
+            token = token.replace("~1", "/").replace("~0", "~")
+            target = target.get(token) if isinstance(target, dict) else None
+        if isinstance(target, dict):
+            siblings = {k: v for k, v in node.items() if k != "$ref"}
+            return {**_deref(target, defs_root, depth + 1), **siblings}
+    return node
+
+
+def _allows_null(node: dict) -> bool:
+    kind = node.get("type")
+    if kind == "null" or (isinstance(kind, list) and "null" in kind):
+        return True
+    return any(isinstance(b, dict) and b.get("type") == "null" for b in node.get("anyOf", []) or [])
+
+
+def field_guide(schema: dict, *, max_lines: int = 60) -> list[str]:
+    """One line per field: name, type, required/optional (null/empty guidance), description, values."""
+    lines: list[str] = []
+
+    def walk(node: dict, prefix: str, depth: int) -> None:
+        node = _deref(node, schema)
+        props = node.get("properties")
+        if not isinstance(props, dict):
+            return
+        required = set(node.get("required", []) or [])
+        for name, sub in props.items():
+            if len(lines) >= max_lines:
+                return
+            sub = _deref(sub, schema)
+            path = f"{prefix}{name}"
+            if name in required:
+                need = "required"
+            elif _allows_null(sub):
+                need = "optional: null if not in the text"
+            elif sub.get("type") == "array":
+                need = "optional: [] if not in the text"
+            else:
+                need = "optional: leave out if not in the text"
+            text = f"- {path} ({_type_name(sub, schema)}; {need})"
+            desc = sub.get("description") or sub.get("title")
+            if isinstance(desc, str) and desc.strip():
+                text += ": " + " ".join(desc.split())[:200]
+            lines.append(text)
+            if depth < _MAX_DEPTH:
+                if sub.get("type") == "object" or "properties" in sub:
+                    walk(sub, path + ".", depth + 1)
+                items = sub.get("items")
+                if isinstance(items, dict):
+                    walk(items, path + "[].", depth + 1)
+
+    walk(schema, "", 0)
+    return lines
+
+
+def _neutralise(text: str) -> str:
+    """Keep turn markers in user text from being read as control tokens (a prompt cannot be hijacked)."""
+    for marker in _TURN_MARKERS:
+        text = text.replace(marker, marker[0] + "\u200b" + marker[1:])
+    return text
+
+
+def user_turn(schema: dict, text: str, instructions: str | None = None) -> str:
+    """The content of the user turn (without the chat markers)."""
+    parts = [INSTRUCTION]
+    guide = field_guide(schema)
+    if guide:
+        parts.append("Fields:\n" + "\n".join(guide))
+        parts.append(MISSING)
+    else:
+        description = schema.get("description") or schema.get("title")
+        if isinstance(description, str):
+            parts.append("The value: " + " ".join(description.split())[:300])
+    if instructions:
+        parts.append("Instructions: " + instructions.strip())
+    parts.append("Text:\n" + text.strip())
+    return _neutralise("\n\n".join(parts))
+
+
+@dataclass
+class Prompt:
+    ids: list[int]
+    truncated: bool
+
+
+def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instructions: str | None = None,
+                  max_tokens: int = 1024, truncate: bool = False) -> Prompt:
+    """Token ids of the Gemma chat prompt; ExtractionFailed when prompt + max_tokens exceed the context.
+
+    With truncate=True the text (never the instruction or the guide) is cut from the end to fit.
+    """
+    bos = int(getattr(config, "bos_token_id", 2))
+    context = int(getattr(config, "context_length", 32768))
+
+    def ids_for(body: str) -> list[int]:
+        inner = tokenizer.encode("user\n" + body, add_special_tokens=False).ids
+        tail = tokenizer.encode("\n", add_special_tokens=False).ids
+        model = tokenizer.encode("model\n", add_special_tokens=False).ids
+        sot, eot = _special(tokenizer, "<start_of_turn>", 105), _special(tokenizer, "<end_of_turn>", 106)
+        return [bos, sot, *inner, eot, *tail, sot, *model]
+
+    ids = ids_for(user_turn(schema, text, instructions))
+    budget = context - max_tokens
+    if len(ids) <= budget:
+        return Prompt(ids, False)
+    if not truncate:
+        raise ExtractionFailed(
+            f"the input is too long: the prompt is {len(ids)} tokens and {max_tokens} more are reserved for "
+            f"the answer, but the model's context holds {context}",
+            hint="pass --truncate to cut the text to fit, or lower --max-tokens",
+        )
+    fixed = len(ids_for(user_turn(schema, "", instructions)))
+    if fixed >= budget:
+        raise ExtractionFailed(f"the schema guide alone ({fixed} tokens) leaves no room in the context "
+                               f"({context} tokens with --max-tokens {max_tokens})")
+    text_ids = tokenizer.encode(text.strip(), add_special_tokens=False).ids
+    keep = max(0, budget - fixed - 2)
+    while True:
+        cut = tokenizer.decode(text_ids[:keep])
+        ids = ids_for(user_turn(schema, cut, instructions))
+        if len(ids) <= budget or keep == 0:
+            return Prompt(ids, True)
+        keep = max(0, keep - (len(ids) - budget) - 1)
+
+
+def _special(tokenizer: Any, piece: str, default: int) -> int:
+    found = tokenizer.token_to_id(piece)
+    return int(found) if found is not None else default

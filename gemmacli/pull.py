@@ -1,0 +1,147 @@
+"""`gemmacli model pull`: the prebuilt INT4 Gemma 3 270M IT from the Hugging Face Hub, in our layout.
+
+Downloads `onnx/model_q4.onnx` (+ its external data), tokenizer.json and the config files of
+`onnx-community/gemma-3-270m-it-ONNX` into a temp folder, converts the graph to the gemmacli layout (the
+lm_head MatMulNBits that produces full-sequence logits moves into lm_head.onnx, computed in fp32 so
+Model.logits_for is exact; the decoder outputs the last position's hidden state), loads it once as a
+check, writes the manifest and renames the folder into the store. Nothing half-written is left behind.
+
+Network: honours HF_ENDPOINT (a mirror, or the tests' loopback server) and HF_HUB_OFFLINE (then only the
+local Hugging Face cache is read). Any failure to reach or read the Hub is a ModelError: exit 4, the
+status for "model missing", with a hint. huggingface_hub is imported here only, and lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from gemmacli import store
+from gemmacli.errors import ModelError
+
+DEFAULT_REPO = "onnx-community/gemma-3-270m-it-ONNX"
+GRAPH_FILE = "onnx/model_q4.onnx"
+CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "chat_template.jinja")
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _wanted_files() -> list[str]:
+    return [GRAPH_FILE, f"{GRAPH_FILE}_data", f"{GRAPH_FILE}_data_*", f"{GRAPH_FILE}.data", *CONFIG_FILES]
+
+
+def download(repo: str, revision: str, target: Path, environ: Mapping[str, str]) -> tuple[Path, str]:
+    """Fetch the graph and config files; returns (folder holding them, commit sha)."""
+    try:
+        import huggingface_hub
+    except ImportError as exc:  # a core dependency, but say what to do if it is gone
+        raise ModelError("huggingface_hub is not installed", hint="pip install huggingface_hub") from exc
+
+    offline = environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+    endpoint = environ.get("HF_ENDPOINT") or None
+    token = environ.get("HF_TOKEN") or None
+    where = endpoint or "https://huggingface.co"
+    try:
+        if offline:
+            folder = Path(huggingface_hub.snapshot_download(
+                repo, revision=revision, allow_patterns=_wanted_files(), local_files_only=True, token=token))
+        else:
+            folder = Path(huggingface_hub.snapshot_download(
+                repo, revision=revision, allow_patterns=_wanted_files(), local_dir=target, endpoint=endpoint,
+                token=token))
+    except Exception as exc:  # HTTP, connection and cache errors differ across huggingface_hub versions
+        if offline:
+            raise ModelError(f"HF_HUB_OFFLINE is set and {repo} is not in the local Hugging Face cache",
+                             hint="unset HF_HUB_OFFLINE to download it") from exc
+        raise ModelError(f"cannot download {repo}@{revision} from {where}: {_first_line(exc)}",
+                         hint="check the network (or HF_ENDPOINT), then run the same command again") from exc
+    if not (folder / GRAPH_FILE).is_file():
+        raise ModelError(f"{repo}@{revision} has no {GRAPH_FILE}")
+    return folder, _commit_of(folder, revision)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _commit_of(folder: Path, revision: str) -> str:
+    """The commit the files came from (snapshot folders are named after it; local_dir keeps metadata)."""
+    if len(folder.name) == 40 and all(c in "0123456789abcdef" for c in folder.name):
+        return folder.name
+    metadata = folder / ".cache" / "huggingface" / "download" / f"{GRAPH_FILE}.metadata"
+    if metadata.is_file():
+        first = metadata.read_text(encoding="utf-8").splitlines()[:1]
+        if first:
+            return first[0].strip()
+    return revision
+
+
+def convert(downloaded: Path, folder: Path) -> dict[str, Any]:
+    """Write our layout into `folder` from a downloaded onnx-community folder; returns quantization info."""
+    import onnx
+    from onnx import helper
+
+    from gemmacli.export import model_config_for, save_graph, split_lm_head
+
+    try:
+        graph = onnx.load(str(downloaded / GRAPH_FILE), load_external_data=True)
+    except Exception as exc:
+        raise ModelError(f"{GRAPH_FILE} from the download is not a readable ONNX model: {exc}") from exc
+    decoder, lm_head = split_lm_head(graph)
+    head = lm_head.graph.node[0]
+    if head.op_type == "MatMulNBits":
+        # fp32 compute in the lm_head: logits_for's numpy dequantization must equal it to rounding
+        kept = [a for a in head.attribute if a.name != "accuracy_level"]
+        del head.attribute[:]
+        head.attribute.extend([*kept, helper.make_attribute("accuracy_level", 0)])
+    if not any(o.domain == "com.microsoft" for o in lm_head.opset_import) and head.domain == "com.microsoft":
+        lm_head.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    save_graph(decoder, folder / "model.onnx")
+    save_graph(lm_head, folder / "lm_head.onnx")
+    shutil.copyfile(downloaded / "tokenizer.json", folder / "tokenizer.json")
+    hf_config = json.loads((downloaded / "config.json").read_text(encoding="utf-8"))
+    hf_config = hf_config.get("text_config", hf_config) | {k: v for k, v in hf_config.items()
+                                                           if k in ("bos_token_id", "pad_token_id")}
+    model_config_for(hf_config, downloaded).write(folder)
+    blocks = {a.i for n in [*decoder.graph.node, head] if n.op_type == "MatMulNBits"
+              for a in n.attribute if a.name == "block_size"}
+    tensors = {
+        "model.onnx": [n.input[1] for n in decoder.graph.node if n.op_type == "MatMulNBits"],
+        "lm_head.onnx": [head.input[1]] if head.op_type == "MatMulNBits" else [],
+    }
+    return {"bits": 4, "format": "int4", "block_size": min(blocks) if len(blocks) == 1 else sorted(blocks),
+            "method": "prebuilt (onnx-community model_q4)", "tensors": tensors,
+            "accuracy_level": {"lm_head.onnx": 0}}
+
+
+def pull_model(destination: Path, *, repo: str = DEFAULT_REPO, revision: str = "main", force: bool = False,
+               environ: Mapping[str, str] | None = None,
+               report: Callable[[str], None] | None = None) -> Path:
+    """Download, convert, check and install a prebuilt model at `destination` (atomically)."""
+    from gemmacli.export import Stages
+    from gemmacli.runtime import Model
+
+    env = os.environ if environ is None else environ
+    stages = Stages(report)
+    with store.staging_folder(destination, force=force) as staging:
+        download_dir = staging / "_download"
+        with stages.stage("download", f"{repo}@{revision} ({GRAPH_FILE})"):
+            downloaded, commit = download(repo, revision, download_dir, env)
+        with stages.stage("convert", "lm_head apart, last-position hidden state out"):
+            quantization = convert(downloaded, staging)
+        shutil.rmtree(download_dir, ignore_errors=True)
+        with stages.stage("check", "load and run one step"):
+            model = Model(staging, threads=1)
+            model.logits(model.forward(model.new_cache(), [model.config.bos_token_id]))
+            del model
+        store.write_manifest(staging, name=destination.name, quantization=quantization,
+                             source={"kind": "huggingface", "repo": repo, "revision": revision,
+                                     "commit": commit, "file": GRAPH_FILE,
+                                     "endpoint": env.get("HF_ENDPOINT") or "https://huggingface.co"})
+    stages.done(f"pulled {destination.name} into {destination}")
+    return destination

@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny synthetic models, built once and cached across test runs and processes.
+
+`tiny_model_dir` is the default export path (INT4, block 32); `tiny_fp32_model_dir` the unquantized one
+(compared with transformers token for token). Both carry their HF checkpoint in `source-checkpoint/`.
+They live under `.cache/test-models/<key>/` where the key combines FIXTURE_VERSION with a hash of the
+recipe's source (synth, export, fuse): a changed recipe rebuilds, an unchanged one costs nothing.
+A file lock keeps parallel pytest processes from building the same model twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+FIXTURE_VERSION = "tiny-1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RECIPE_FILES = ("gemmacli/synth.py", "gemmacli/export.py", "gemmacli/fuse.py", "tests/hubserver.py")
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("GEMMACLI_TEST_CACHE", REPO_ROOT / ".cache" / "test-models"))
+
+
+def _recipe_key() -> str:
+    digest = hashlib.sha256(FIXTURE_VERSION.encode())
+    for relative in RECIPE_FILES:
+        path = REPO_ROOT / relative
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return f"{FIXTURE_VERSION}-{digest.hexdigest()[:12]}"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_cached(label: str, builder: Callable[[Path], object]) -> Path:
+    """Run `builder(folder)` once per recipe key; later calls (and other processes) reuse the folder."""
+    root = _cache_root() / _recipe_key()
+    folder = root / label
+    done = root / f"{label}.done"
+    with _file_lock(root / f"{label}.lock"):
+        if not done.is_file():
+            if folder.exists():
+                shutil.rmtree(folder)
+            builder(folder)
+            done.touch()
+    return folder
+
+
+def build_cached_model(label: str, **options: object) -> Path:
+    """Synthesize a tiny model into the shared cache unless an identical recipe already built it."""
+    from gemmacli.synth import synthesize
+
+    return build_cached(label, lambda folder: synthesize(label, "tiny", folder, **options))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """INT4 tiny Gemma 3 (the default export path). Treat as read-only: copy it before changing files."""
+    return build_cached_model("tiny-int4", precision="int4", block_size=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_fp32_model_dir() -> Path:
+    """fp32 tiny Gemma 3 (no quantization): matches transformers token for token. Read-only."""
+    return build_cached_model("tiny-fp32", precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_hub_repo_dir(tiny_fp32_model_dir: Path) -> Path:
+    """The tiny model in onnx-community's Hub layout (onnx/model_q4.onnx with full logits), for pull tests."""
+    from hubserver import build_hub_layout
+
+    checkpoint = tiny_fp32_model_dir / "source-checkpoint"
+    return build_cached("tiny-hub-repo", lambda folder: build_hub_layout(checkpoint, folder))

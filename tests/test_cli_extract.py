@@ -1,0 +1,360 @@
+"""`gemmacli extract` through raw_main with swapped streams.
+
+The first part runs the real CLI against a fake Extractor (the EXTRACTOR_FACTORY seam) to pin down input,
+output, resume and exit-code behaviour quickly; test_cli_extract_model.py-style acceptance tests that
+drive the real tiny model live at the bottom of this file (`real_model` fixture) and in subprocesses.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from gemmacli.cli import extract_cmd
+from gemmacli.cli.core import raw_main
+from gemmacli.env import Environment
+from gemmacli.errors import ExitStatus
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+sys.path.insert(0, str(TESTS))
+from test_batch import FakeExtractor, fake_factory  # noqa: E402
+
+
+@dataclass
+class Result:
+    status: int
+    stdout: bytes
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stdout.decode().splitlines()]
+
+
+class NoStdin(io.BytesIO):
+    """A terminal nobody types into: reading it would hang the real CLI, so here it fails the test."""
+
+    def read(self, *args: Any) -> bytes:
+        raise AssertionError("the CLI read stdin although it is a terminal and no input was named")
+
+
+def run(argv: list[str], stdin: bytes | io.BytesIO = b"", *, stdin_isatty: bool = False,
+        stdout_isatty: bool = False, stderr_isatty: bool = False, environ: dict[str, str] | None = None,
+        stdout: Any = None) -> Result:
+    out = stdout if stdout is not None else io.BytesIO()
+    err = io.StringIO()
+    env = Environment(
+        stdin=stdin if isinstance(stdin, io.BytesIO) else io.BytesIO(stdin),
+        stdout=out,
+        stderr=err,
+        stdin_isatty=stdin_isatty,
+        stdout_isatty=stdout_isatty,
+        stderr_isatty=stderr_isatty,
+        environ={} if environ is None else environ,
+    )
+    status = raw_main(argv, env)
+    return Result(int(status), out.getvalue() if hasattr(out, "getvalue") else b"", err.getvalue())
+
+
+# ------------------------------------------------------------------------------- with a fake extractor
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Swap in the fake Extractor; returns the `-m FOLDER` arguments naming a (fake) model folder."""
+    monkeypatch.setattr(extract_cmd, "EXTRACTOR_FACTORY", fake_factory)
+    folder = tmp_path / "models" / "fake"
+    folder.mkdir(parents=True)
+    (folder / "gemmacli.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    return ["-m", str(folder)]
+
+
+SCHEMA = ["--schema", "name, age int"]
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def test_stdin_gives_one_compact_object_when_piped(fake: list[str]) -> None:
+    result = run(["extract", *SCHEMA, *fake], b"Ada Lovelace\n")
+    assert result.status == 0
+    assert result.stdout == b'{"name":"Ada Lovelace","age":13}\n'
+    assert result.stderr == ""
+
+
+def test_pretty_on_a_terminal_and_the_flags_force_either_way(fake: list[str]) -> None:
+    pretty = run(["extract", *SCHEMA, *fake], b"Ada", stdout_isatty=True)
+    assert pretty.stdout.decode() == '{\n  "name": "Ada",\n  "age": 3\n}\n'
+    assert run(["extract", *SCHEMA, *fake, "--compact"], b"Ada", stdout_isatty=True).stdout.count(b"\n") == 1
+    assert run(["extract", *SCHEMA, *fake, "--pretty"], b"Ada").stdout.count(b"\n") == 4
+
+
+def test_dash_reads_stdin_with_the_concise_schema_from_the_issue(fake: list[str]) -> None:
+    schema = "name, age int, email?: their email, tags [str], mood enum(happy|sad)"
+    result = run(["extract", "--schema", schema, *fake, "-"], b"Bob")
+    assert result.status == 0 and result.json()["name"] == "Bob"
+
+
+def test_several_files_give_json_lines_in_input_order(fake: list[str], tmp_path: Path) -> None:
+    for name in ["b", "a", "c"]:
+        write(tmp_path / "notes" / f"{name}.txt", f"note {name}")
+    result = run(["extract", *SCHEMA, *fake, "notes/b.txt", "notes"])
+    assert result.status == 0
+    assert [(r["source"], r["ok"]) for r in result.records()] == [
+        ("notes/b.txt", True), ("notes/a.txt", True), ("notes/b.txt", True), ("notes/c.txt", True)]
+    assert result.records()[0]["data"] == {"name": "note b", "age": 6}
+
+
+def test_unexpanded_globs_and_glob_filter(fake: list[str], tmp_path: Path) -> None:
+    write(tmp_path / "in" / "x.txt", "x")
+    write(tmp_path / "in" / "y.md", "y")
+    write(tmp_path / "in" / "deep" / "z.txt", "z")
+    assert [r["source"] for r in run(["extract", *SCHEMA, *fake, "in/*.txt"]).records()] == ["in/x.txt"]
+    filtered = run(["extract", *SCHEMA, *fake, "in", "--glob", "*.txt"]).records()
+    assert [r["source"] for r in filtered] == ["in/deep/z.txt", "in/x.txt"]  # sorted by path
+
+
+def test_input_jsonl_with_text_and_id_fields(fake: list[str], tmp_path: Path) -> None:
+    write(tmp_path / "tickets.jsonl", '{"id": "T1", "body": "first"}\n{"id": "T2", "body": "second"}\n')
+    result = run(["extract", *SCHEMA, *fake, "--input-jsonl", "tickets.jsonl", "--text-field", "body",
+                  "--id-field", "id"])
+    assert [(r["source"], r["data"]["name"]) for r in result.records()] == [("T1", "first"), ("T2", "second")]
+
+
+def test_a_failed_record_gives_exit_1_and_the_batch_goes_on(fake: list[str], tmp_path: Path) -> None:
+    write(tmp_path / "in" / "1.txt", "fine")
+    write(tmp_path / "in" / "2.txt", "FAIL please")
+    write(tmp_path / "in" / "3.txt", "also fine")
+    result = run(["extract", *SCHEMA, *fake, "in"])
+    assert result.status == 1
+    assert [r["ok"] for r in result.records()] == [True, False, True]
+    assert result.records()[1]["error"]["message"]
+    assert "3 record(s): 2 ok, 1 failed" in result.stderr and "in/2.txt" in result.stderr
+    fail_fast = run(["extract", *SCHEMA, *fake, "in", "--fail-fast"])
+    assert fail_fast.status == 1 and len(fail_fast.records()) == 2
+
+
+def test_single_input_failure_is_exit_1_with_the_reason_on_stderr(fake: list[str]) -> None:
+    result = run(["extract", *SCHEMA, *fake], b"FAIL")
+    assert result.status == 1 and result.stdout == b""
+    assert "max-tokens" in result.stderr
+
+
+def test_output_file_for_one_result_is_written_atomically(fake: list[str], tmp_path: Path) -> None:
+    write(tmp_path / "old.json", "previous content")
+    result = run(["extract", *SCHEMA, *fake, "-o", "old.json"], b"Ada")
+    assert result.status == 0 and result.stdout == b""
+    assert json.loads((tmp_path / "old.json").read_text()) == {"name": "Ada", "age": 3}
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_output_file_inside_an_input_folder_is_not_read_back(fake: list[str], tmp_path: Path) -> None:
+    write(tmp_path / "in" / "a.txt", "a")
+    write(tmp_path / "in" / "b.txt", "b")
+    run(["extract", *SCHEMA, *fake, "in", "-o", "in/out.jsonl"])
+    second = run(["extract", *SCHEMA, *fake, "in", "-o", "in/out.jsonl"])
+    assert second.status == 0
+    lines = (tmp_path / "in" / "out.jsonl").read_text().splitlines()
+    assert [json.loads(x)["source"] for x in lines] == ["in/a.txt", "in/b.txt"]
+
+
+def test_resume_skips_recorded_sources_and_repairs_a_torn_line(fake: list[str], tmp_path: Path) -> None:
+    for i in range(5):
+        write(tmp_path / "in" / f"{i}.txt", f"doc {i}")
+    out = tmp_path / "out.jsonl"
+    first = json.dumps({"source": "in/0.txt", "ok": True, "data": {"name": "doc 0", "age": 5}})
+    second = json.dumps({"source": "in/1.txt", "ok": True, "data": {"name": "doc 1", "age": 5}})
+    out.write_text(first + "\n" + second + '\n{"source": "in/2.txt", "ok": tr')
+    result = run(["extract", *SCHEMA, *fake, "in", "-o", str(out), "--resume"])
+    assert result.status == 0
+    assert "2 of 5 already recorded, 3 to go" in result.stderr
+    sources = [json.loads(line)["source"] for line in out.read_text().splitlines()]
+    assert sources == [f"in/{i}.txt" for i in range(5)]
+
+
+def test_resume_needs_an_output_file(fake: list[str]) -> None:
+    result = run(["extract", *SCHEMA, *fake, "--resume"], b"x")
+    assert result.status == 2 and "--resume needs -o" in result.stderr
+
+
+def test_with_meta_single_and_batch(fake: list[str], tmp_path: Path) -> None:
+    single = run(["extract", *SCHEMA, *fake, "--with-meta"], b"Ada").json()
+    assert single["ok"] is True and single["data"]["name"] == "Ada"
+    assert {"model", "model_sha256", "schema_sha256", "prompt_tokens", "seconds"} <= set(single["meta"])
+    write(tmp_path / "in" / "a.txt", "a")
+    write(tmp_path / "in" / "b.txt", "b")
+    assert all("meta" in r for r in run(["extract", *SCHEMA, *fake, "in", "--with-meta"]).records())
+
+
+def test_records_flag_keeps_the_json_lines_shape_for_one_input(fake: list[str]) -> None:
+    assert run(["extract", *SCHEMA, *fake, "--records"], b"Ada").records()[0]["source"] == "-"
+
+
+def test_no_input_on_a_terminal_prints_usage_and_exits_2_without_reading(fake: list[str]) -> None:
+    result = run(["extract", *SCHEMA, *fake], NoStdin(), stdin_isatty=True)
+    assert result.status == 2
+    assert "usage: gemmacli extract" in result.stderr and "no input" in result.stderr
+
+
+def test_empty_input_is_exit_1_unless_allowed(fake: list[str]) -> None:
+    empty = run(["extract", *SCHEMA, *fake], b"  \n")
+    assert empty.status == 1 and "empty" in empty.stderr and "--allow-empty" in empty.stderr
+    assert run(["extract", *SCHEMA, *fake, "--allow-empty"], b"").status == 0
+
+
+def test_non_utf8_is_exit_5_naming_file_and_offset_unless_replaced(fake: list[str], tmp_path: Path) -> None:
+    write(tmp_path / "latin.txt", "naïve".encode("latin-1"))
+    result = run(["extract", *SCHEMA, *fake, "latin.txt"])
+    assert result.status == 5 and "latin.txt" in result.stderr and "offset 2" in result.stderr
+    assert run(["extract", *SCHEMA, *fake, "latin.txt", "--errors", "replace"]).status == 0
+    latin = run(["extract", *SCHEMA, *fake, "latin.txt", "--encoding", "latin-1"])
+    assert latin.json()["name"] == "naïve"
+
+
+def test_missing_input_file_is_exit_5(fake: list[str]) -> None:
+    result = run(["extract", *SCHEMA, *fake, "nope.txt"])
+    assert result.status == 5 and "nope.txt" in result.stderr
+
+
+def test_schema_problems_are_exit_3(fake: list[str]) -> None:
+    bad_type = run(["extract", "--schema", '{"type": "objekt"}', *fake], b"x")
+    assert bad_type.status == 3
+    bad_dsl = run(["extract", "--schema", "name, age innt", *fake], b"x")
+    assert bad_dsl.status == 3 and "column 11" in bad_dsl.stderr
+
+
+def test_a_missing_model_is_exit_4(fake: list[str], tmp_path: Path) -> None:
+    result = run(["extract", *SCHEMA, "-m", "no-such-model"], b"x",
+                 environ={"GEMMACLI_MODELS": str(tmp_path / "empty"), "XDG_CACHE_HOME": str(tmp_path)})
+    assert result.status == 4 and "no-such-model" in result.stderr
+
+
+def test_the_default_model_comes_from_gemmacli_model(fake: list[str]) -> None:
+    folder = fake[1]
+    result = run(["extract", *SCHEMA, "-v"], b"x", environ={"GEMMACLI_MODEL": folder})
+    assert result.status == 0 and f"model: {folder}" in result.stderr
+
+
+@pytest.mark.parametrize("argv", [["extract"], ["extract", *SCHEMA, "--jobs", "-1"], ["extract", "--bogus"],
+                                  ["extract", *SCHEMA, "--top-p", "0"]])
+def test_usage_errors_are_exit_2(fake: list[str], argv: list[str]) -> None:
+    assert run(argv, b"x").status == 2
+
+
+def test_verbose_says_which_reading_of_schema_was_taken(fake: list[str], tmp_path: Path) -> None:
+    write(tmp_path / "s.json", '{"type": "object"}')
+    readings = {
+        "s.json": "as the file s.json",
+        '{"type": "object"}': "as inline JSON",
+        "contact": "as the bundled schema",
+        "name, age int": "as the concise syntax",
+    }
+    for schema, words in readings.items():
+        result = run(["extract", "--schema", schema, *fake, "-v"], b"x")
+        assert result.status == 0, result.stderr
+        assert words in result.stderr
+
+
+def test_a_lone_unknown_word_warns_that_it_was_read_as_the_concise_syntax(fake: list[str]) -> None:
+    result = run(["extract", "--schema", "invoce", *fake], b"x")
+    assert "not a file or a bundled schema" in result.stderr
+
+
+def test_help_shows_examples_first_and_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["extract", "--help"]).status == 0
+    text = capsys.readouterr().out
+    assert text.startswith("examples:")
+    assert text.index("examples:") < text.index("usage:")
+    assert "130" in text and "model missing or broken" in text
+    assert run(["--help"]).status == 0
+    assert capsys.readouterr().out.startswith("examples:")
+
+
+def test_quiet_batch_prints_nothing_on_stderr(fake: list[str], tmp_path: Path) -> None:
+    write(tmp_path / "in" / "a.txt", "a")
+    write(tmp_path / "in" / "b.txt", "b")
+    result = run(["extract", *SCHEMA, *fake, "in", "-q"])
+    assert result.status == 0 and result.stderr == ""
+
+
+def test_progress_bar_on_a_terminal_shows_counts_rate_and_failures(fake: list[str], tmp_path: Path) -> None:
+    for i in range(3):
+        write(tmp_path / "in" / f"{i}.txt", "FAIL" if i == 1 else f"doc {i}")
+    result = run(["extract", *SCHEMA, *fake, "in"], stderr_isatty=True, environ={"TERM": "xterm"})
+    assert "3/3" in result.stderr and "docs/s" in result.stderr and "1 failed" in result.stderr
+
+
+def test_plain_progress_lines_when_stderr_is_not_a_terminal(fake: list[str], tmp_path: Path) -> None:
+    for i in range(4):
+        write(tmp_path / "in" / f"{i}.txt", f"doc {i}")
+    result = run(["extract", *SCHEMA, *fake, "in", "--progress-every", "2"])
+    assert "progress: 2/4 done" in result.stderr and "\x1b[" not in result.stderr
+
+
+def test_no_color_keeps_stderr_free_of_escape_codes_on_a_terminal(fake: list[str]) -> None:
+    result = run(["extract", *SCHEMA, *fake], b"FAIL", stderr_isatty=True,
+                 environ={"NO_COLOR": "1", "TERM": "xterm"})
+    assert result.status == 1 and "error:" in result.stderr and "\x1b[" not in result.stderr
+    coloured = run(["extract", *SCHEMA, *fake], b"FAIL", stderr_isatty=True, environ={"TERM": "xterm"})
+    assert "\x1b[" in coloured.stderr
+
+
+class ClosedPipe(io.BytesIO):
+    def write(self, data: Any) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_closed_stdout_pipe_exits_quietly(fake: list[str], tmp_path: Path) -> None:
+    for i in range(3):
+        write(tmp_path / "in" / f"{i}.txt", f"doc {i}")
+    result = run(["extract", *SCHEMA, *fake, "in"], stdout=ClosedPipe())
+    assert result.status == 0 and "Traceback" not in result.stderr and "error" not in result.stderr
+
+
+class InterruptingExtractor(FakeExtractor):
+    def extract(self, text: str) -> Any:
+        if "STOP" in text:
+            raise KeyboardInterrupt
+        return super().extract(text)
+
+
+def test_ctrl_c_is_exit_130_and_keeps_what_was_written(fake: list[str], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(extract_cmd, "EXTRACTOR_FACTORY", InterruptingExtractor)
+    for i, text in enumerate(["one", "two", "STOP", "four"]):
+        write(tmp_path / "in" / f"{i}.txt", text)
+    result = run(["extract", *SCHEMA, *fake, "in", "-o", "out.jsonl"])
+    assert result.status == 130
+    assert "rerun with --resume" in result.stderr
+    assert [json.loads(x)["source"] for x in (tmp_path / "out.jsonl").read_text().splitlines()] == [
+        "in/0.txt", "in/1.txt"]
+
+
+def test_jobs_2_writes_the_same_records_in_the_same_order(fake: list[str], tmp_path: Path) -> None:
+    write(tmp_path / "in" / "0.txt", "SLOW 0.5\nslow one")
+    for i in range(1, 6):
+        write(tmp_path / "in" / f"{i}.txt", f"doc {i}")
+    serial = run(["extract", *SCHEMA, *fake, "in"])
+    parallel = run(["extract", *SCHEMA, *fake, "in", "--jobs", "2"])
+    assert parallel.status == 0 and parallel.stdout == serial.stdout
