@@ -8,7 +8,7 @@ drops the key on load), so we flatten the loaded config in memory: the full-atte
 `rope_parameters` and the sliding one becomes `rope_local_base_freq`. The weights and the checkpoint folder
 are untouched.
 
-    bench/.venv-builder/bin/python bench/builder_export.py CHECKPOINT OUT [--block-size 32] [--accuracy-level 4]
+    bench/.venv-builder/bin/python bench/builder_export.py CHECKPOINT OUT [--block-size 32]
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ class Extractor:
         self.options = DecodeOptions(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
         self.timings: dict[str, float] = {}
 
-        # Start llguidance's token table first: it builds on a thread while the model loads / prefills.
+        # llguidance's token table: built on a thread during the first prefill (gemmacli.grammar).
         folder, config = self._model_folder(model)
         self._tokenizer_build = TokenizerBuild(folder / "tokenizer.json", config.vocab_size,
                                                list(config.eos_token_ids))
@@ -174,22 +174,20 @@ class Extractor:
                                instructions=self.instructions, max_tokens=self.max_tokens,
                                truncate=self.truncate)
         cache = model.new_cache()
-        hidden = None
-        pending: list[int] = prompt.ids
-        calls = 0
-        model_seconds = 0.0
-        if not self._tokenizer_build.done():
-            # First document of the process: prefill while llguidance finishes its token table.
-            t0 = time.perf_counter()
-            hidden = model.forward(cache, prompt.ids)
-            model_seconds = time.perf_counter() - t0
-            calls, pending = 1, []
+        # The prompt is always prefilled alone, so every document runs the same sequence of forward calls
+        # (onnxruntime's float results depend on how tokens are grouped: byte-identical greedy output
+        # needs the same grouping). In the first document of a process llguidance builds its token table
+        # meanwhile (gemmacli.grammar.TokenizerBuild); later documents find it cached.
+        self._tokenizer_build.start()
+        t0 = time.perf_counter()
+        hidden = model.forward(cache, prompt.ids)
+        model_seconds = time.perf_counter() - t0
         matcher = self._new_matcher()
         tokenizer = self._tokenizer_build.result()
         self.timings["tokenizer_build"] = self._tokenizer_build.build_seconds
         self.timings["tokenizer_wait"] = self._tokenizer_build.wait_seconds
-        result = decode(model, cache, matcher, tokenizer, pending, self.options, hidden=hidden,
-                        model_calls=calls, model_seconds=model_seconds)
+        result = decode(model, cache, matcher, tokenizer, [], self.options, hidden=hidden,
+                        model_calls=1, model_seconds=model_seconds)
         try:
             data = json.loads(result.text)
         except json.JSONDecodeError as exc:  # the grammar makes this unreachable; never pass it on

@@ -214,11 +214,13 @@ class JsonlFileSink:
     def __init__(self, path: Path, *, resume: bool) -> None:
         self.path = path
         self.recorded: Counter[str] = Counter()
+        self.schema_hashes: set[str] = set()
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         if resume and path.exists():
-            self.recorded, good_end = scan_records(path)
+            found = scan_records(path)
+            self.recorded, self.schema_hashes = found.sources, found.schema_hashes
             with open(path, "r+b") as handle:
-                handle.truncate(good_end)
+                handle.truncate(found.good_end)
         else:
             flags |= os.O_TRUNC
         try:
@@ -241,31 +243,54 @@ class JsonlFileSink:
             self.fd = None
 
 
-def scan_records(path: Path) -> tuple[Counter[str], int]:
-    """Sources recorded in a JSON Lines file, and the byte offset just after its last whole record."""
-    recorded: Counter[str] = Counter()
-    good_end = 0
+@dataclass
+class RecordedFile:
+    """What --resume learns from an existing JSON Lines file."""
+
+    sources: Counter[str]  # source name -> how many records it has
+    good_end: int  # byte offset just after the last whole record
+    schema_hashes: set[str]  # meta.schema_sha256 values seen (records written with --with-meta)
+
+
+def scan_records(path: Path) -> RecordedFile:
+    """Read the whole records of a JSON Lines file; only a torn tail may be dropped, never a record.
+
+    A line that is not a whole record is accepted only at the end of the file (a write cut short).
+    Anywhere else it means the file was edited or is not ours, and resuming could destroy records, so
+    that is refused (exit 5).
+    """
+    found = RecordedFile(Counter(), 0, set())
     offset = 0
+    bad_line: int | None = None
     with open(path, "rb") as handle:
-        for line in handle:
+        for number, line in enumerate(handle, start=1):
             offset += len(line)
-            if not line.endswith(b"\n"):
-                break  # a torn last line: drop it, its source is redone
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                if not line.strip():
-                    good_end = offset
-                    continue
-                break
-            if not isinstance(record, dict) or "source" not in record:
+            whole = line.endswith(b"\n")
+            if whole and not line.strip():
+                if bad_line is None:
+                    found.good_end = offset
+                continue
+            record: Any = None
+            if whole:
+                try:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    record = None
+            if record is None:
+                bad_line = bad_line or number
+                continue
+            if bad_line is not None or not isinstance(record, dict) or "source" not in record:
+                where = bad_line if bad_line is not None else number
                 raise InputOutputError(
-                    f"{path} is not a gemmacli JSON Lines file (line without 'source'); refusing to resume",
+                    f"{path}, line {where}: not a gemmacli record (nor a torn last line); refusing to resume",
                     hint="write to a new file, or drop --resume to overwrite it",
                 )
-            recorded[str(record["source"])] += 1
-            good_end = offset
-    return recorded, good_end
+            found.sources[str(record["source"])] += 1
+            meta = record.get("meta")
+            if isinstance(meta, dict) and isinstance(meta.get("schema_sha256"), str):
+                found.schema_hashes.add(meta["schema_sha256"])
+            found.good_end = offset
+    return found
 
 
 def skip_recorded(sources: Sequence[Source], recorded: Counter[str]) -> list[Source]:
@@ -389,11 +414,15 @@ class RichProgress:
         self.progress.stop()
 
 
-def make_progress(env: Environment, *, every: int) -> ProgressReporter:
-    """A bar on a real terminal, a line per `every` records elsewhere, nothing with -q."""
+def make_progress(env: Environment, *, every: int, records_on_terminal: bool = False) -> ProgressReporter:
+    """A bar on a real terminal, a line per `every` records elsewhere, nothing with -q.
+
+    When the records themselves go to the same terminal (stdout not redirected), a live bar would be torn
+    by the lines written under it, so plain progress lines are used there too.
+    """
     if env.verbosity < 0:
         return NoProgress()
-    if env.stderr_isatty and env.environ.get("TERM") != "dumb":
+    if env.stderr_isatty and env.environ.get("TERM") != "dumb" and not records_on_terminal:
         return RichProgress(env)
     return LineProgress(env, every)
 

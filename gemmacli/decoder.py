@@ -21,9 +21,10 @@ import numpy as np
 from gemmacli.errors import ExtractionFailed
 from gemmacli.grammar import Mask
 
-#: Allowed-set size up to which only the allowed lm_head rows are computed. A gather of n INT4 rows costs
-#: about n/262144 of the full matmul plus a fixed overhead; bench/bench_extract.py measures the crossover.
-LM_HEAD_THRESHOLD = 4096
+#: Allowed-set size up to which only the allowed lm_head rows are computed (and never more than 1/16 of the
+#: vocabulary). Dequantizing n INT4 rows in numpy costs far more per row than onnxruntime's fused kernel,
+#: so the crossover is a few hundred rows; bench/bench_extract.py measures it.
+LM_HEAD_THRESHOLD = 512
 
 
 @dataclass
@@ -34,7 +35,8 @@ class DecodeOptions:
     seed: int | None = None
     jump_forward: bool = True  # take grammar-forced tokens without asking the model
     batch_forced: bool = True  # False: feed queued tokens one forward call each (tests/benchmarks compare)
-    lm_head_threshold: int = LM_HEAD_THRESHOLD  # 0 disables the grammar-aware lm_head
+    #: None: min(LM_HEAD_THRESHOLD, vocab / 16); 0 disables the grammar-aware lm_head
+    lm_head_threshold: int | None = None
 
 
 @dataclass
@@ -102,6 +104,9 @@ def decode(
     eos = set(int(e) for e in tokenizer.eos_tokens)
     n_vocab = int(tokenizer.vocab_size)
     mask = Mask(n_vocab)
+    threshold = options.lm_head_threshold
+    if threshold is None:
+        threshold = min(LM_HEAD_THRESHOLD, max(1, n_vocab // 16))
     sampler = _Sampler(options)
     pending = list(pending)
     out: list[int] = []
@@ -143,7 +148,7 @@ def decode(
         count = mask.count()
         if count == 0:
             raise fail(f"the grammar allows no next token: {matcher.get_error() or 'dead end'}")
-        ids = mask.allowed() if (count <= options.lm_head_threshold or count == 1) else None
+        ids = mask.allowed() if (count <= threshold or count == 1) else None
         if options.jump_forward and ids is not None and ids.size == 1 and int(ids[0]) not in eos:
             token = int(ids[0])  # the grammar decides: no logits needed
             forced += 1
@@ -156,7 +161,7 @@ def decode(
             elif hidden is None:
                 raise fail("nothing to decode from: empty prompt")
             t0 = time.perf_counter()
-            if ids is not None and options.lm_head_threshold > 0:
+            if ids is not None and threshold > 0:
                 logits = np.asarray(model.logits_for(hidden, ids), dtype=np.float32)
                 small += 1
             else:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from rich.console import Console
+from rich.markup import escape
 
 
 def _isatty(stream: IO) -> bool:
@@ -60,16 +61,19 @@ class Environment:
         return self._console
 
     def info(self, message: str) -> None:
+        """Rich markup allowed: escape anything user-supplied (paths, schemas) with rich.markup.escape."""
         if self.verbosity >= 0:
             self.console.print(message)
 
     def verbose(self, message: str) -> None:
+        """Plain text (escaped here): these lines quote schemas like 'tags [str]' and paths verbatim."""
         if self.verbosity >= 1:
-            self.console.print(f"[dim]{message}[/dim]")
+            self.console.print(f"[dim]{escape(message)}[/dim]")
 
     def warn(self, message: str) -> None:
+        """Plain text (escaped here), shown down to -q; -qq hides it."""
         if self.verbosity >= -1:
-            self.console.print(f"[yellow]warning:[/yellow] {message}")
+            self.console.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
     def write_data(self, data: bytes) -> None:
         """Write to stdout and flush, so records reach a pipe as they finish."""

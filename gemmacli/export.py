@@ -127,6 +127,7 @@ def split_lm_head(model: Any) -> tuple[Any, Any]:
         found = head.op_type if head is not None else "nothing"
         raise ModelError(f"unexpected graph: output {LOGITS_OUTPUT!r} is produced by {found}, not a MatMul")
     hidden_in = head.input[0]
+    _fold_transposed_weight(graph, head)
     initializers = {init.name: init for init in graph.initializer}
     weight_names = [name for name in head.input[1:] if name]
     missing = [name for name in weight_names if name not in initializers]
@@ -153,7 +154,8 @@ def split_lm_head(model: Any) -> tuple[Any, Any]:
         onnx.numpy_helper.from_array(_i64([1]), "gemmacli_seq_axis"),
     ])
     graph.node.extend([
-        helper.make_node("Slice", [hidden_in, "gemmacli_last_start", "gemmacli_last_end", "gemmacli_seq_axis"],
+        helper.make_node("Slice",
+                         [hidden_in, "gemmacli_last_start", "gemmacli_last_end", "gemmacli_seq_axis"],
                          ["gemmacli_last_position"], name="gemmacli/last_position"),
         helper.make_node("Squeeze", ["gemmacli_last_position", "gemmacli_seq_axis"], [HIDDEN_OUTPUT],
                          name="gemmacli/squeeze_last_position"),
@@ -173,6 +175,24 @@ def split_lm_head(model: Any) -> tuple[Any, Any]:
     lm_head = helper.make_model(lm_graph, opset_imports=list(model.opset_import),
                                 producer_name="gemmacli", ir_version=model.ir_version)
     return model, lm_head  # the new nodes were appended after their inputs: still topologically sorted
+
+
+def _fold_transposed_weight(graph: Any, head: Any) -> None:
+    """A tied lm_head written as MatMul(h, Transpose(embedding)) gets its own transposed initializer."""
+    from onnx import numpy_helper
+
+    if head.op_type != "MatMul":
+        return
+    transpose = _producers(graph).get(head.input[1])
+    initializers = {init.name: init for init in graph.initializer}
+    if transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in initializers:
+        return
+    weight = numpy_helper.to_array(initializers[transpose.input[0]]).T.copy()
+    name = "gemmacli_lm_head_weight"
+    graph.initializer.append(numpy_helper.from_array(weight, name))
+    head.input[1] = name
+    if not _consumers(graph, transpose.output[0]):
+        graph.node.remove(transpose)
 
 
 def _copy_tensor(tensor: Any) -> Any:
@@ -200,11 +220,15 @@ def _last_dim(graph: Any, hidden_in: str, head: Any, initializers: dict[str, Any
 
 
 def quantize_int4(model: Any, *, block_size: int, accuracy_level: int | None) -> tuple[Any, list[str]]:
-    """Every MatMul with a constant weight -> MatMulNBits (asymmetric int4). Returns (model, weight names)."""
+    """Every MatMul with a constant weight -> MatMulNBits (asymmetric int4).
+
+    Returns (model, the quantized MatMul nodes' names): names like /model/layers.0/mlp/up_proj/MatMul say
+    which weights they are, unlike optimum's anonymous initializer names.
+    """
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     initializers = {init.name for init in model.graph.initializer}
-    weights = [node.input[1] for node in model.graph.node
+    weights = [node.name or node.input[1] for node in model.graph.node
                if node.op_type == "MatMul" and node.input[1] in initializers]
     quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=False,
                                      accuracy_level=accuracy_level)
@@ -237,7 +261,8 @@ def share_embedding_with_lm_head(decoder: Any, lm_head_on_disk: Any, *, data_fil
     if gather is None:
         return None
     on_disk = {init.name: init for init in lm_head_on_disk.graph.initializer}
-    shapes = {"data": [vocab, hidden // 2], "scales": [vocab, blocks], "zero_points": [vocab, -(-blocks // 2)]}
+    shapes = {"data": [vocab, hidden // 2], "scales": [vocab, blocks],
+              "zero_points": [vocab, -(-blocks // 2)]}
     names = [name for name in node.input[1:4] if name]
     if len(names) != 3:  # symmetric quantization has no zero points; keep the plain Gather then
         return None
@@ -379,7 +404,7 @@ def export_into(folder: Path, source: str, *, name: str, precision: str = "int4"
                 decoder, decoder_weights = quantize_int4(decoder, block_size=block_size,
                                                          accuracy_level=accuracy_level)
                 lm_head, head_weights = quantize_int4(lm_head, block_size=block_size, accuracy_level=0)
-        with stages.stage("write", str(folder)):
+        with stages.stage("write", "model.onnx, lm_head.onnx, tokenizer.json, gemmacli.json"):
             save_graph(lm_head, folder / "lm_head.onnx")
             embedding = None
             if precision == "int4":

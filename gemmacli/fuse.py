@@ -17,11 +17,12 @@ Per layer the rewrite is:
     k_proj -> Reshape[b,s,K,d] -> SimplifiedLayerNormalization(k_norm) -> Reshape[b,s,K*d] --+-> GQA -> o_proj
     v_proj ---------------------------------------------------------------------------------+
 with rotary inside GQA (per-layer cos/sin cache: local base for sliding layers, global base and rope
-scaling for full layers), local_window_size = sliding_window - 1 on sliding layers (GQA attends to
-local_window_size + 1 keys; Gemma's window covers `sliding_window` keys including the query's own), and
-scale = query_pre_attn_scalar ** -0.5. seqlens_k and total_sequence_length are computed once in the graph
-from attention_mask, which therefore must be all ones for each sequence (batch 1, no padding) — the same
-assumption optimum's graph makes when it derives positions from the past length.
+scaling for full layers), local_window_size = sliding_window on sliding layers (checked against the optimum
+graph and transformers past the window), scale = query_pre_attn_scalar ** -0.5, and by default a fixed
+window-sized KV cache on the sliding layers (see `window_cache`). seqlens_k and total_sequence_length
+are computed once in the graph from attention_mask, which therefore must be all ones for each sequence
+(batch 1, no padding): the same assumption optimum's graph makes when it derives positions from the past
+length.
 """
 
 from __future__ import annotations
@@ -42,11 +43,19 @@ class FuseError(ValueError):
     """The graph does not have the shape of optimum's Gemma 3 export, so it cannot be rewritten."""
 
 
-def fuse_attention(model: onnx.ModelProto, config: dict, *, max_positions: int | None = None) -> onnx.ModelProto:
+def fuse_attention(model: onnx.ModelProto, config: dict, *, max_positions: int | None = None,
+                   window_cache: bool = True, other_fusions: bool = True) -> onnx.ModelProto:
     """Rewrite every Gemma 3 attention block of an optimum export into one GroupQueryAttention node.
 
     `max_positions` bounds the rotary caches (rows of cos/sin per rope base; defaults to the config's
     max_position_embeddings). Positions past it are undefined, so pass the model's context length.
+    `window_cache`: sliding layers keep a fixed `sliding_window`-row cache (GQA's sliding_window_cache)
+    instead of the whole history, so a decode step at long context neither copies nor reads the old rows.
+    Their past/present inputs and outputs then have the static shape [batch, kv_heads, sliding_window,
+    head_dim] (rows [0, L) hold the most recent positions; an empty cache is all zeros of that shape), and
+    attention_mask must still span the whole sequence: the caller counts tokens, it does not read them off
+    the cache shape. `other_fusions` also applies `fuse_decoder_ops` (norms, GELU, shared-input
+    projections): a decode step is ~500 tiny ops otherwise, and per-op overhead is a third of its time.
     The model is modified in place and returned.
     """
     cfg = _text_config(config)
@@ -87,6 +96,7 @@ def fuse_attention(model: onnx.ModelProto, config: dict, *, max_positions: int |
         k_w = _norm_weight(graph.node, f"{prefix}k_norm/", inits, producers, head_dim)
 
         kind = layer_types[i]
+        windowed = bool(window_cache and kind == "sliding" and window)
         if kind not in caches:
             cos, sin = _rotary_cache(cfg, kind, head_dim, positions)
             caches[kind] = (f"gqa_{kind}_cos_cache", f"gqa_{kind}_sin_cache")
@@ -106,7 +116,10 @@ def fuse_attention(model: onnx.ModelProto, config: dict, *, max_positions: int |
             num_heads=n_heads, kv_num_heads=n_kv, scale=scale, do_rotary=1, rotary_interleaved=0,
             local_window_size=int(window) if kind == "sliding" and window else -1,
             softcap=float(softcap),
+            **({"sliding_window_cache": 1} if windowed else {}),
         ))
+        if windowed:
+            _set_cache_rows(graph, i, int(window))
         proj["o"].input[0] = attn_out
         # The old cache concats would be second producers of the present outputs: drop them now.
         for name in (f"present.{i}.key", f"present.{i}.value"):
@@ -118,7 +131,181 @@ def fuse_attention(model: onnx.ModelProto, config: dict, *, max_positions: int |
     _topological_sort(graph)
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    if other_fusions:
+        fuse_decoder_ops(model, eps)
     return model
+
+
+def fuse_decoder_ops(model: onnx.ModelProto, eps: float) -> onnx.ModelProto:
+    """The builder graph's other fusions, on optimum's Gemma 3 graph (after the attention rewrite).
+
+    - each RMSNorm (Cast/Pow/ReduceMean/Add/Sqrt/Div/Mul/Mul) -> SimplifiedLayerNormalization, and where its
+      input is a residual Add -> SkipSimplifiedLayerNormalization (the sum comes out as a second output);
+    - gelu_pytorch_tanh (6 Mul, 2 Add, Tanh) -> com.microsoft FastGelu (the same tanh formula);
+    - MatMuls that share their input and have constant weights (q/k/v, gate/up) -> one MatMul + Split, so
+      the INT4 quantizer later makes one MatMulNBits where there were two or three.
+    onnxruntime fuses the plain RMSNorms itself at load, but not the residual adds, the GELU or the
+    projections. Returns the model, changed in place.
+    """
+    graph = model.graph
+    _drop_float_casts(graph)
+    _fuse_groups(graph, eps)
+    _merge_shared_input_matmuls(graph)
+    _fuse_skip_norms(graph)
+    _prune(graph)
+    _topological_sort(graph)
+    return model
+
+
+def _drop_float_casts(graph: onnx.GraphProto) -> None:
+    """Remove Cast-to-float of float activations (Gemma's norms upcast to fp32; a no-op in an fp32 graph).
+
+    Their outputs also feed the residual stream, which would hide the norm pattern. Only casts whose input
+    comes from Add/Mul/MatMul are touched, and only in a graph whose KV cache is float32.
+    """
+    if not any(i.name.startswith("past_key_values.") and i.type.tensor_type.elem_type == TensorProto.FLOAT
+               for i in graph.input):
+        return
+    producers = {o: n for n in graph.node for o in n.output}
+    rename: dict[str, str] = {}
+    for n in list(graph.node):
+        to = next((a.i for a in n.attribute if a.name == "to"), None)
+        src = producers.get(n.input[0]) if n.op_type == "Cast" else None
+        if to == TensorProto.FLOAT and src is not None and src.op_type in ("Add", "Mul", "MatMul") \
+                and n.output[0] not in {o.name for o in graph.output}:
+            rename[n.output[0]] = n.input[0]
+            graph.node.remove(n)
+    for n in graph.node:
+        for k, name in enumerate(n.input):
+            if name in rename:
+                n.input[k] = rename[name]
+
+
+_RMSNORM_OPS = {"Pow": 1, "ReduceMean": 1, "Add": 1, "Sqrt": 1, "Div": 1, "Mul": 2}
+_GELU_TANH_OPS = {"Mul": 6, "Add": 2, "Tanh": 1}
+
+
+def _constant_value(name: str, inits: dict[str, onnx.TensorProto],
+                    producers: dict[str, onnx.NodeProto]) -> np.ndarray | None:
+    """The value of an initializer or Constant (through Identity chains), else None."""
+    while name in producers and producers[name].op_type == "Identity":
+        name = producers[name].input[0]
+    if name in inits:
+        return numpy_helper.to_array(inits[name])
+    node = producers.get(name)
+    if node is not None and node.op_type == "Constant":
+        attr = next((a for a in node.attribute if a.name == "value"), None)
+        return numpy_helper.to_array(attr.t) if attr is not None else None
+    return None
+
+
+def _fuse_groups(graph: onnx.GraphProto, eps: float) -> None:
+    """Replace RMSNorm and tanh-GELU subgraphs, found as the ops under one exporter scope (name prefix)."""
+    inits = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    graph_outputs = {o.name for o in graph.output}
+    groups: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        if "/" in n.name:
+            groups.setdefault(n.name.rsplit("/", 1)[0], []).append(n)
+    replaced: list[tuple[list[onnx.NodeProto], onnx.NodeProto]] = []
+    for scope, nodes in groups.items():
+        ops: dict[str, int] = {}
+        for n in nodes:
+            if n.op_type not in ("Constant", "Cast"):
+                ops[n.op_type] = ops.get(n.op_type, 0) + 1
+        if ops not in (_RMSNORM_OPS, _GELU_TANH_OPS):
+            continue
+        inner = {o for n in nodes for o in n.output}
+        used_inside = [i for n in nodes for i in n.input]
+        outside_inputs = [i for i in dict.fromkeys(used_inside) if i and i not in inner
+                          and _constant_value(i, inits, producers) is None]
+        outputs = [o for o in inner if o in graph_outputs
+                   or consumers.get(o, 0) > sum(1 for i in used_inside if i == o)]
+        if len(outside_inputs) != 1 or len(outputs) != 1:
+            continue
+        (x,), (y,) = outside_inputs, outputs
+        if ops == _GELU_TANH_OPS:
+            node = helper.make_node("FastGelu", [x], [y], name=f"{scope}/FastGelu", domain=MS_DOMAIN)
+        else:
+            last = producers[y]
+            weight = next((i for i in last.input if _constant_value(i, inits, producers) is not None), None)
+            if last.op_type != "Mul" or weight is None:
+                continue
+            node = helper.make_node("SimplifiedLayerNormalization", [x, weight], [y], axis=-1,
+                                    epsilon=eps, stash_type=1, name=f"{scope}/SimplifiedLayerNormalization")
+        replaced.append((nodes, node))
+    for nodes, node in replaced:
+        for n in nodes:
+            graph.node.remove(n)
+        graph.node.append(node)
+
+
+def _merge_shared_input_matmuls(graph: onnx.GraphProto) -> None:
+    """MatMuls reading the same activation with constant 2-D weights -> one MatMul over the concatenated
+    weights, then Split: same numbers (each output column only sees its own weight column)."""
+    inits = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    by_input: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        if n.op_type == "MatMul" and _constant_value(n.input[1], inits, producers) is not None:
+            by_input.setdefault(n.input[0], []).append(n)
+    for x, nodes in by_input.items():
+        if len(nodes) < 2:
+            continue
+        weights = [_constant_value(n.input[1], inits, producers) for n in nodes]
+        if any(w is None or w.ndim != 2 or w.shape[0] != weights[0].shape[0] for w in weights):
+            continue
+        scope = nodes[0].name.rsplit("/", 2)[0]
+        stem = "/".join(sorted(n.name.rsplit("/", 2)[-2] for n in nodes))
+        name = f"{scope}/{stem.replace('/', '_')}_merged"
+        sizes = np.array([w.shape[1] for w in weights], dtype=np.int64)
+        graph.initializer.extend([numpy_helper.from_array(np.concatenate(weights, axis=1), f"{name}.weight"),
+                                  numpy_helper.from_array(sizes, f"{name}.split")])
+        graph.node.extend([
+            helper.make_node("MatMul", [x, f"{name}.weight"], [f"{name}/MatMul_output_0"],
+                             name=f"{name}/MatMul"),
+            helper.make_node("Split", [f"{name}/MatMul_output_0", f"{name}.split"],
+                             [n.output[0] for n in nodes], axis=-1, name=f"{name}/Split"),
+        ])
+        for n in nodes:
+            graph.node.remove(n)
+
+
+def _fuse_skip_norms(graph: onnx.GraphProto) -> None:
+    """Add(a, b) -> SimplifiedLayerNormalization  ==>  SkipSimplifiedLayerNormalization(a, b) with the sum
+    as its 4th output (the residual stream continues from there)."""
+    producers = {o: n for n in graph.node for o in n.output}
+    for norm in [n for n in graph.node if n.op_type == "SimplifiedLayerNormalization"]:
+        add = producers.get(norm.input[0])
+        if add is None or add.op_type != "Add" or not all(i in producers for i in add.input):
+            continue  # only residual adds of two activations (a constant operand means a broadcast)
+        eps = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-6)
+        total = add.output[0]
+        skip = helper.make_node("SkipSimplifiedLayerNormalization",
+                                [add.input[0], add.input[1], norm.input[1]],
+                                [norm.output[0], "", "", total], epsilon=eps, domain=MS_DOMAIN,
+                                name=norm.name.rsplit("/", 1)[0] + "/SkipSimplifiedLayerNormalization")
+        graph.node.remove(add)
+        graph.node.remove(norm)
+        graph.node.append(skip)
+        producers[total] = skip
+        producers[norm.output[0]] = skip
+
+
+def _set_cache_rows(graph: onnx.GraphProto, layer: int, rows: int) -> None:
+    """Give layer `layer`'s past inputs and present outputs a static sequence dimension of `rows`."""
+    names = {f"past_key_values.{layer}.key", f"past_key_values.{layer}.value",
+             f"present.{layer}.key", f"present.{layer}.value"}
+    for info in [*graph.input, *graph.output]:
+        if info.name in names:
+            dim = info.type.tensor_type.shape.dim[2]
+            dim.Clear()
+            dim.dim_value = rows
 
 
 def _text_config(config: dict) -> dict:
@@ -182,7 +369,7 @@ def _norm_weight(nodes: Iterable[onnx.NodeProto], prefix: str, inits: dict[str, 
 
 
 def _add_shared_inputs(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> None:
-    """seqlens_k = sum(attention_mask) - 1 and total_sequence_length = mask width, both int32, as GQA wants."""
+    """seqlens_k = sum(attention_mask) - 1 and total_sequence_length = mask width, int32 as GQA wants."""
     inits += [
         numpy_helper.from_array(np.array([1], dtype=np.int64), "gqa_axis_1"),
         numpy_helper.from_array(np.array(1, dtype=np.int64), "gqa_index_1"),
@@ -191,7 +378,8 @@ def _add_shared_inputs(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto
     nodes += [
         helper.make_node("ReduceSum", ["attention_mask", "gqa_axis_1"], ["gqa_mask_sum"], keepdims=0,
                          name="/model/gqa/ReduceSum"),
-        helper.make_node("Sub", ["gqa_mask_sum", "gqa_one_i64"], ["gqa_seqlens_k_i64"], name="/model/gqa/Sub"),
+        helper.make_node("Sub", ["gqa_mask_sum", "gqa_one_i64"], ["gqa_seqlens_k_i64"],
+                         name="/model/gqa/Sub"),
         helper.make_node("Cast", ["gqa_seqlens_k_i64"], ["gqa_seqlens_k"], to=TensorProto.INT32,
                          name="/model/gqa/Cast_seqlens"),
         helper.make_node("Shape", ["attention_mask"], ["gqa_mask_shape"], name="/model/gqa/Shape"),

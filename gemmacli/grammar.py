@@ -1,8 +1,11 @@
 """Checked schema -> llguidance grammar and matcher; the model's token table for llguidance; token masks.
 
-Building llguidance's tokenizer (its token trie over the whole vocabulary) costs seconds at 262k tokens,
-so `TokenizerBuild` starts it on a thread (llguidance's Rust code runs while onnxruntime prefills) and keeps
-one per tokenizer file per process, so a batch pays it once.
+Building llguidance's tokenizer (its token trie over the whole vocabulary) costs 0.6-1.5 s at 262k tokens
+(measured, bench/bench_extract.py). llguidance holds the GIL while it builds, so a thread started early
+would stall model loading and Python work instead of hiding behind them. `TokenizerBuild` therefore starts
+its thread only when asked, right before the prompt's prefill: onnxruntime releases the GIL while it runs,
+and the two overlap. No token-class slices are built (`slices=[]`): that halves the build and costs
+~0.08 ms per mask on JSON grammars (measured). One build per tokenizer file per process: a batch pays once.
 """
 
 from __future__ import annotations
@@ -58,8 +61,15 @@ class TokenizerBuild:
         self._result: Any = _TOKENIZERS.get(self.key)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
-        if self._result is None:
-            self._thread = threading.Thread(target=self._build, name="llguidance-tokenizer", daemon=True)
+
+    def start(self, delay: float = 0.003) -> None:
+        """Build on a thread from now; call right before a long onnxruntime run (see module doc)."""
+        if self._result is None and self._thread is None:
+            def run() -> None:
+                time.sleep(delay)  # let the caller enter onnxruntime (and drop the GIL) first
+                self._build()
+
+            self._thread = threading.Thread(target=run, name="llguidance-tokenizer", daemon=True)
             self._thread.start()
 
     def _build(self) -> None:
@@ -67,8 +77,7 @@ class TokenizerBuild:
 
         start = time.perf_counter()
         try:
-            tok = LLTokenizer(self._text, n_vocab=self.n_vocab, eos_token=list(self.eos_ids),
-                              slices=LLTokenizer.json_slices())
+            tok = LLTokenizer(self._text, n_vocab=self.n_vocab, eos_token=list(self.eos_ids), slices=[])
         except BaseException as exc:  # surfaced in result()
             self._error = exc
             return
@@ -80,10 +89,13 @@ class TokenizerBuild:
         return self._result is not None or self._error is not None
 
     def result(self) -> Any:
-        """The LLTokenizer (waits for the thread); ModelError if the tokenizer cannot be read."""
-        if self._result is None and self._thread is not None:
+        """The LLTokenizer (waits for the thread, or builds here); ModelError if it cannot be read."""
+        if self._result is None and self._error is None:
             start = time.perf_counter()
-            self._thread.join()
+            if self._thread is not None:
+                self._thread.join()
+            else:
+                self._build()
             self.wait_seconds += time.perf_counter() - start
         if self._error is not None:
             raise ModelError(f"llguidance cannot read {self.path}: {self._error}")
@@ -104,24 +116,28 @@ def close_objects(schema: dict) -> dict:
     work = copy.deepcopy(schema)
     skip: set[int] = set()
 
+    def validating(node: dict, but: str) -> bool:
+        return any(k != but and k not in _ANNOTATIONS for k in node)
+
     def mark(_pointer: str, node: dict) -> None:
         for key in ("allOf", "anyOf", "oneOf"):
             branches = node.get(key)
-            if isinstance(branches, list) and (key == "allOf" or len(node) > 1):
+            if isinstance(branches, list) and (key == "allOf" or validating(node, key)):
                 for branch in branches:
                     if isinstance(branch, dict):
                         skip.add(id(branch))
                 skip.add(id(node))
-        if "$ref" in node and any(k not in ("$ref", "description", "title", "$comment") for k in node):
+        if "$ref" in node and validating(node, "$ref"):
             skip.add(id(node))
 
     walk_schema(work, mark)
-    # $ref targets can be intersected wherever they are used: never close them.
-    targets: set[str] = set()
-    walk_schema(work, lambda _p, n: targets.add(n["$ref"]) if isinstance(n.get("$ref"), str) else None)
+    # A $ref target used where it is intersected with something else must stay open.
+    intersected: set[str] = set()
+    walk_schema(work, lambda _p, n: intersected.add(n["$ref"])
+                if id(n) in skip and isinstance(n.get("$ref"), str) else None)
 
     def close(pointer: str, node: dict) -> None:
-        if id(node) in skip or "#" + pointer in targets:
+        if id(node) in skip or "#" + pointer in intersected:
             return
         props = node.get("properties")
         if not isinstance(props, dict) or not props:
@@ -135,6 +151,10 @@ def close_objects(schema: dict) -> dict:
 
     walk_schema(work, close)
     return work
+
+
+_ANNOTATIONS = frozenset({"description", "title", "default", "examples", "$comment", "deprecated",
+                          "readOnly", "writeOnly", "$id", "$schema", "$anchor", "$defs", "definitions"})
 
 
 @dataclass

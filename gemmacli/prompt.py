@@ -72,7 +72,8 @@ def _allows_null(node: dict) -> bool:
     return any(isinstance(b, dict) and b.get("type") == "null" for b in node.get("anyOf", []) or [])
 
 
-def field_guide(schema: dict, *, max_lines: int = 60) -> list[str]:
+def field_guide(schema: dict, *, max_lines: int = 60, descriptions: bool = True,
+                max_chars: int = 4000) -> list[str]:
     """One line per field: name, type, required/optional (null/empty guidance), description, values."""
     lines: list[str] = []
 
@@ -83,7 +84,7 @@ def field_guide(schema: dict, *, max_lines: int = 60) -> list[str]:
             return
         required = set(node.get("required", []) or [])
         for name, sub in props.items():
-            if len(lines) >= max_lines:
+            if len(lines) >= max_lines or sum(map(len, lines)) >= max_chars:
                 return
             sub = _deref(sub, schema)
             path = f"{prefix}{name}"
@@ -97,7 +98,7 @@ def field_guide(schema: dict, *, max_lines: int = 60) -> list[str]:
                 need = "optional: leave out if not in the text"
             text = f"- {path} ({_type_name(sub, schema)}; {need})"
             desc = sub.get("description") or sub.get("title")
-            if isinstance(desc, str) and desc.strip():
+            if descriptions and isinstance(desc, str) and desc.strip():
                 text += ": " + " ".join(desc.split())[:200]
             lines.append(text)
             if depth < _MAX_DEPTH:
@@ -118,10 +119,18 @@ def _neutralise(text: str) -> str:
     return text
 
 
-def user_turn(schema: dict, text: str, instructions: str | None = None) -> str:
+#: Guide sizes tried in turn when the prompt does not fit: full, terse, none.
+GUIDE_LEVELS: tuple[dict[str, Any], ...] = (
+    {"max_lines": 60, "descriptions": True, "max_chars": 4000},
+    {"max_lines": 30, "descriptions": False, "max_chars": 1500},
+    {"max_lines": 0, "descriptions": False, "max_chars": 0},
+)
+
+
+def user_turn(schema: dict, text: str, instructions: str | None = None, *, level: int = 0) -> str:
     """The content of the user turn (without the chat markers)."""
     parts = [INSTRUCTION]
-    guide = field_guide(schema)
+    guide = field_guide(schema, **GUIDE_LEVELS[level])
     if guide:
         parts.append("Fields:\n" + "\n".join(guide))
         parts.append(MISSING)
@@ -157,17 +166,21 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
         sot, eot = _special(tokenizer, "<start_of_turn>", 105), _special(tokenizer, "<end_of_turn>", 106)
         return [bos, sot, *inner, eot, *tail, sot, *model]
 
-    ids = ids_for(user_turn(schema, text, instructions))
     budget = context - max_tokens
-    if len(ids) <= budget:
-        return Prompt(ids, False)
+    for level in range(len(GUIDE_LEVELS)):  # a big schema's guide shrinks before the text is touched
+        ids = ids_for(user_turn(schema, text, instructions, level=level))
+        if len(ids) <= budget:
+            return Prompt(ids, False)
     if not truncate:
         raise ExtractionFailed(
             f"the input is too long: the prompt is {len(ids)} tokens and {max_tokens} more are reserved for "
             f"the answer, but the model's context holds {context}",
             hint="pass --truncate to cut the text to fit, or lower --max-tokens",
         )
-    fixed = len(ids_for(user_turn(schema, "", instructions)))
+    level = next((i for i in range(len(GUIDE_LEVELS))
+                  if len(ids_for(user_turn(schema, "", instructions, level=i))) < budget // 2),
+                 len(GUIDE_LEVELS) - 1)
+    fixed = len(ids_for(user_turn(schema, "", instructions, level=level)))
     if fixed >= budget:
         raise ExtractionFailed(f"the schema guide alone ({fixed} tokens) leaves no room in the context "
                                f"({context} tokens with --max-tokens {max_tokens})")
@@ -175,7 +188,7 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
     keep = max(0, budget - fixed - 2)
     while True:
         cut = tokenizer.decode(text_ids[:keep])
-        ids = ids_for(user_turn(schema, cut, instructions))
+        ids = ids_for(user_turn(schema, cut, instructions, level=level))
         if len(ids) <= budget or keep == 0:
             return Prompt(ids, True)
         keep = max(0, keep - (len(ids) - budget) - 1)

@@ -48,7 +48,8 @@ def download(repo: str, revision: str, target: Path, environ: Mapping[str, str])
     try:
         if offline:
             folder = Path(huggingface_hub.snapshot_download(
-                repo, revision=revision, allow_patterns=_wanted_files(), local_files_only=True, token=token))
+                repo, revision=revision, allow_patterns=_wanted_files(), local_files_only=True, token=token,
+                cache_dir=_hub_cache(environ)))
         else:
             folder = Path(huggingface_hub.snapshot_download(
                 repo, revision=revision, allow_patterns=_wanted_files(), local_dir=target, endpoint=endpoint,
@@ -62,6 +63,15 @@ def download(repo: str, revision: str, target: Path, environ: Mapping[str, str])
     if not (folder / GRAPH_FILE).is_file():
         raise ModelError(f"{repo}@{revision} has no {GRAPH_FILE}")
     return folder, _commit_of(folder, revision)
+
+
+def _hub_cache(environ: Mapping[str, str]) -> str | None:
+    """The Hugging Face cache named by the given environment (HF_HUB_CACHE, then HF_HOME/hub)."""
+    if environ.get("HF_HUB_CACHE"):
+        return environ["HF_HUB_CACHE"]
+    if environ.get("HF_HOME"):
+        return str(Path(environ["HF_HOME"]) / "hub")
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -86,13 +96,15 @@ def convert(downloaded: Path, folder: Path) -> dict[str, Any]:
     import onnx
     from onnx import helper
 
-    from gemmacli.export import model_config_for, save_graph, split_lm_head
+    from gemmacli.export import DEFAULT_BLOCK_SIZE, model_config_for, quantize_int4, save_graph, split_lm_head
 
     try:
         graph = onnx.load(str(downloaded / GRAPH_FILE), load_external_data=True)
     except Exception as exc:
         raise ModelError(f"{GRAPH_FILE} from the download is not a readable ONNX model: {exc}") from exc
     decoder, lm_head = split_lm_head(graph)
+    if lm_head.graph.node[0].op_type == "MatMul":  # an fp32 lm_head: INT4 it like ours
+        lm_head, _ = quantize_int4(lm_head, block_size=DEFAULT_BLOCK_SIZE, accuracy_level=0)
     head = lm_head.graph.node[0]
     if head.op_type == "MatMulNBits":
         # fp32 compute in the lm_head: logits_for's numpy dequantization must equal it to rounding
@@ -111,8 +123,8 @@ def convert(downloaded: Path, folder: Path) -> dict[str, Any]:
     blocks = {a.i for n in [*decoder.graph.node, head] if n.op_type == "MatMulNBits"
               for a in n.attribute if a.name == "block_size"}
     tensors = {
-        "model.onnx": [n.input[1] for n in decoder.graph.node if n.op_type == "MatMulNBits"],
-        "lm_head.onnx": [head.input[1]] if head.op_type == "MatMulNBits" else [],
+        "model.onnx": [n.name or n.input[1] for n in decoder.graph.node if n.op_type == "MatMulNBits"],
+        "lm_head.onnx": [head.name] if head.op_type == "MatMulNBits" else [],
     }
     return {"bits": 4, "format": "int4", "block_size": min(blocks) if len(blocks) == 1 else sorted(blocks),
             "method": "prebuilt (onnx-community model_q4)", "tensors": tensors,

@@ -310,7 +310,9 @@ def _reachable(root: dict, index: _Index) -> Iterator[tuple[str, dict]]:
             if target is not None and "#" not in target:
                 stack.append(target)
         for child_ptr, _, key in reversed(list(_children(node, pointer))):
-            if key not in ("$defs", "definitions"):
+            # definitions count only where referenced; what sits under a keyword we refuse or drop
+            # anyway (not, if, contains, ...) is never compiled.
+            if key not in ("$defs", "definitions") and key not in UNSUPPORTED_KEYWORDS:
                 stack.append(child_ptr)
 
 
@@ -441,7 +443,10 @@ def _refuse_remote_refs(root: dict, index: _Index) -> None:
 
 
 def _drop(root: dict, pointer: str, key: str) -> None:
-    node = resolve_pointer(root, pointer)
+    try:
+        node = resolve_pointer(root, pointer)
+    except KeyError:  # inside something already dropped
+        return
     if isinstance(node, dict):
         node.pop(key, None)
 

@@ -155,7 +155,8 @@ def resolve_model(ref: str | Path, environ: Mapping[str, str] | None = None) -> 
     if Path(name).is_dir() and is_model_folder(Path(name)):  # a bare folder name in the working directory
         return Path(name)
     fix = f"gemmacli model pull {name}" if name == DEFAULT_PULL_NAME else (
-        f"gemmacli model synth {name} --size tiny   # or: gemmacli model export SOURCE --name {name}")
+        f"gemmacli model export SOURCE --name {name}   # SOURCE: a Gemma 3 checkpoint folder or HF id "
+        f"(see: gemmacli model list)")
     searched = ", ".join(str(p) for p in search)
     raise ModelError(f"model {name!r} not found (searched {searched})", hint=fix)
 

@@ -70,26 +70,33 @@ _RESERVED = ["<mask>", "[multimodal]"] + [f"<unused{i}>" for i in range(99)]  # 
 _USER_SYMBOLS = ["<start_of_turn>", "<end_of_turn>", "\n", "\n\n", "\t", "  ", "    "]  # 105, 106, ...
 
 _WORDS = (
-    "the of and to in is was for on that with as by at from it an be this are which or his her their we "
-    "you they he she not have has had were been will would can could should may must our your time year "
-    "people way day man woman child world life hand part place case week company system program question "
-    "work government number night point home water room mother area money story fact month lot right "
-    "study book eye job word business issue side kind head house service friend father power hour game "
-    "line end member law car city community name president team minute idea kid body information back "
-    "parent face others level office door health person art war history party result change morning "
-    "reason research girl guy moment air teacher force education invoice total amount date email phone "
-    "address street customer order price quantity item description contact meeting project deadline "
-    "please send received attached regards hello thanks best dear sincerely tomorrow yesterday today "
-    "Monday Tuesday Wednesday Thursday Friday January February March April May June July August "
-    "September October November December London Paris Berlin Tokyo Madrid Rome Chicago Boston Alice Bob "
-    "Carol David Emma Frank Grace Henry Isabel John Karen Laura Michael Nina Oscar Paul Quinn Rachel"
-).split()
+    "the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from",
+    "it", "an", "be", "this", "are", "which", "or", "his", "her", "their", "we", "you", "they", "he", "she",
+    "not", "have", "has", "had", "were", "been", "will", "would", "can", "could", "should", "may", "must",
+    "our", "your", "time", "year", "people", "way", "day", "man", "woman", "child", "world", "life", "hand",
+    "part", "place", "case", "week", "company", "system", "program", "question", "work", "government",
+    "number", "night", "point", "home", "water", "room", "mother", "area", "money", "story", "fact",
+    "month", "lot", "right", "study", "book", "eye", "job", "word", "business", "issue", "side", "kind",
+    "head", "house", "service", "friend", "father", "power", "hour", "game", "line", "end", "member", "law",
+    "car", "city", "community", "name", "president", "team", "minute", "idea", "kid", "body", "information",
+    "back", "parent", "face", "others", "level", "office", "door", "health", "person", "art", "war",
+    "history", "party", "result", "change", "morning", "reason", "research", "girl", "guy", "moment", "air",
+    "teacher", "force", "education", "invoice", "total", "amount", "date", "email", "phone", "address",
+    "street", "customer", "order", "price", "quantity", "item", "description", "contact", "meeting",
+    "project", "deadline", "please", "send", "received", "attached", "regards", "hello", "thanks", "best",
+    "dear", "sincerely", "tomorrow", "yesterday", "today", "Monday", "Tuesday", "Wednesday", "Thursday",
+    "Friday", "January", "February", "March", "April", "May", "June", "July", "August", "September",
+    "October", "November", "December", "London", "Paris", "Berlin", "Tokyo", "Madrid", "Rome", "Chicago",
+    "Boston", "Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Isabel", "John",
+    "Karen", "Laura", "Michael", "Nina", "Oscar", "Paul", "Quinn", "Rachel"
+)
 _KEYS = ("name", "age", "email", "id", "items", "total", "currency", "city", "date", "status", "tags",
          "price", "quantity", "address", "phone", "description", "title", "url", "active", "count")
 
 
-_SYLLABLES = ("ka", "ren", "to", "mi", "sa", "lor", "en", "qu", "ist", "ber", "ga", "vel", "ion", "dra", "ph",
-              "th", "ow", "ack", "est", "ing", "ed", "ly", "er", "ch", "str", "ou", "ai", "ment", "ness", "ab")
+_SYLLABLES = ("ka", "ren", "to", "mi", "sa", "lor", "en", "qu", "ist", "ber", "ga", "vel", "ion", "dra",
+              "ph", "th", "ow", "ack", "est", "ing", "ed", "ly", "er", "ch", "str", "ou", "ai", "ment",
+              "ness", "ab")
 
 
 def _pseudo_words(rng: random.Random, count: int) -> list[str]:

@@ -28,7 +28,8 @@ class HubRepo:
             digest.update(name.encode())
             digest.update(hashlib.sha256(path.read_bytes()).digest())
         self.commit = digest.hexdigest()  # a 40-hex "commit" that changes when the content does
-        self.etags = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in self.files.items()}
+        self.etags = {name: hashlib.sha256(path.read_bytes()).hexdigest()
+                      for name, path in self.files.items()}
 
 
 class _Handler(BaseHTTPRequestHandler):

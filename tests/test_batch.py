@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gemmacli import batch
-from gemmacli.errors import ExitStatus, ExtractionFailed, ModelError
+from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, ModelError
 from gemmacli.inputs import Source
 
 
@@ -47,7 +47,10 @@ class FakeExtractor:
         if text.startswith("SLOW "):
             time.sleep(float(text.split()[1]))
         first = text.strip().splitlines()[0] if text.strip() else ""
-        return FakeResult({"name": first[:40], "age": len(text)})
+        data: dict[str, Any] = {"name": first[:40], "age": len(text)}
+        if self.options.instructions:
+            data["instructions"] = self.options.instructions
+        return FakeResult(data)
 
 
 def fake_factory(options: batch.ExtractOptions) -> FakeExtractor:
@@ -162,8 +165,25 @@ def test_resume_drops_a_torn_last_line_and_counts_what_is_recorded(tmp_path: Pat
 def test_resume_refuses_a_file_that_is_not_gemmacli_records(tmp_path: Path) -> None:
     out = tmp_path / "notes.jsonl"
     out.write_text('{"hello": "world"}\n')
-    with pytest.raises(Exception, match="refusing to resume"):
+    with pytest.raises(InputOutputError, match="line 1: not a gemmacli record"):
         batch.JsonlFileSink(out, resume=True)
+
+
+def test_resume_never_cuts_whole_records_after_a_damaged_line(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    content = '{"source": "a", "ok": true}\n{"sourc\n{"source": "b", "ok": true}\n'
+    out.write_text(content)
+    with pytest.raises(InputOutputError, match="line 2"):
+        batch.JsonlFileSink(out, resume=True)
+    assert out.read_text() == content  # untouched
+
+
+def test_resume_keeps_blank_lines_and_reads_schema_hashes_from_meta(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"source": "a", "ok": true, "meta": {"schema_sha256": "abc"}}\n\n')
+    found = batch.scan_records(out)
+    assert found.sources == Counter({"a": 1}) and found.schema_hashes == {"abc"}
+    assert found.good_end == len(out.read_bytes())
 
 
 def test_without_resume_the_file_is_started_afresh(tmp_path: Path) -> None:
@@ -225,6 +245,8 @@ def test_the_bar_is_used_on_a_terminal_but_not_for_term_dumb() -> None:
         environ={"TERM": "xterm-256color"},
     )
     assert isinstance(batch.make_progress(env, every=100), batch.RichProgress)
+    # records printed to the same terminal would tear a live bar: plain lines instead
+    assert isinstance(batch.make_progress(env, every=100, records_on_terminal=True), batch.LineProgress)
     env = Environment(
         stdin=io.BytesIO(),
         stdout=io.BytesIO(),

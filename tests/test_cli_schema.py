@@ -22,8 +22,15 @@ BUNDLED = ["contact", "entities", "invoice", "meeting", "routing", "sentiment", 
 
 def run(argv: list[str], *, stdout_isatty: bool = False) -> tuple[int, str, str]:
     out, err = io.BytesIO(), io.StringIO()
-    env = Environment(stdin=io.BytesIO(), stdout=out, stderr=err, stdin_isatty=False,
-                      stdout_isatty=stdout_isatty, stderr_isatty=False, environ={})
+    env = Environment(
+        stdin=io.BytesIO(),
+        stdout=out,
+        stderr=err,
+        stdin_isatty=False,
+        stdout_isatty=stdout_isatty,
+        stderr_isatty=False,
+        environ={},
+    )
     status = raw_main(argv, env)
     return int(status), out.getvalue().decode(), err.getvalue()
 
@@ -105,10 +112,14 @@ def test_bash_completion_is_valid_bash_and_knows_commands_flags_and_schemas(tmp_
     path = tmp_path / "gemmacli.bash"
     path.write_text(script)
     subprocess.run(["bash", "-n", str(path)], check=True)
-    probe = (f"source {path}; COMP_WORDS=(gemmacli extract --schema inv); COMP_CWORD=3; _gemmacli; "
-             'echo "${COMPREPLY[@]}"; COMP_WORDS=(gemmacli ex); COMP_CWORD=1; _gemmacli; echo "${COMPREPLY[@]}";'
-             'COMP_WORDS=(gemmacli extract --schema invoice --wi); COMP_CWORD=4; _gemmacli; echo "${COMPREPLY[@]}"')
-    lines = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True).stdout.splitlines()
+    probe = (
+        f"source {path}; COMP_WORDS=(gemmacli extract --schema inv); COMP_CWORD=3; _gemmacli; "
+        'echo "${COMPREPLY[@]}"; COMP_WORDS=(gemmacli ex); COMP_CWORD=1; _gemmacli; echo "${COMPREPLY[@]}";'
+        'COMP_WORDS=(gemmacli extract --schema invoice --wi); COMP_CWORD=4; _gemmacli; echo "${COMPREPLY[@]}"'
+    )
+    lines = subprocess.run(
+        ["bash", "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     assert lines == ["invoice", "extract", "--with-meta"]
 
 
@@ -125,3 +136,48 @@ def test_fish_completion_describes_subcommands_and_flags(tmp_path: Path) -> None
         path = tmp_path / "gemmacli.fish"
         path.write_text(script)
         subprocess.run(["fish", "--no-execute", str(path)], check=True)
+
+
+def test_every_bundled_schema_runs_end_to_end_on_its_example(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each bundled schema with its example input, through the real CLI and the tiny model.
+
+    The tiny model's weights are random, so a record may exhaust the small budget; every success must
+    validate against its schema.
+    """
+    model = str(request.getfixturevalue("tiny_model_dir"))
+    monkeypatch.chdir(tmp_path)
+    outcomes = {}
+    for name in BUNDLED:
+        out, err = io.BytesIO(), io.StringIO()
+        env = Environment(
+            stdin=io.BytesIO(),
+            stdout=out,
+            stderr=err,
+            stdin_isatty=False,
+            stdout_isatty=False,
+            stderr_isatty=False,
+            environ={},
+        )
+        argv = [
+            "extract",
+            "--schema",
+            name,
+            str(EXAMPLES / f"{name}.txt"),
+            "-m",
+            model,
+            "--max-tokens",
+            "256",
+            "--records",
+        ]
+        status = raw_main(argv, env)
+        record = json.loads(out.getvalue())
+        outcomes[name] = record["ok"]
+        if record["ok"]:
+            assert status == 0
+            schema = json.loads((REPO / "schemas" / f"{name}.json").read_text())
+            jsonschema.validate(record["data"], schema)
+        else:
+            assert status == 1 and "max-tokens" in record["error"]["message"], record
+    assert any(outcomes.values()), outcomes  # the pipeline works for at least one; all validate

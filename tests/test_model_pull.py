@@ -1,4 +1,4 @@
-"""`gemmacli model pull` for real over HTTP, against a loopback Hub serving a synthetic onnx-community repo."""
+"""`gemmacli model pull` for real over HTTP: a loopback Hub serving a synthetic onnx-community repo."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import pytest
 from hubserver import serve_hub
 
 from gemmacli.cli.core import raw_main
@@ -27,8 +26,8 @@ def _run(argv: list[str], environ: dict[str, str]) -> tuple[ExitStatus, str, str
 
 
 def _environ(tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {"GEMMACLI_MODELS": str(tmp_path / "store"), "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"),
-            "NO_COLOR": "1", **extra}
+    return {"GEMMACLI_MODELS": str(tmp_path / "store"), "HOME": str(tmp_path),
+            "HF_HOME": str(tmp_path / "hf"), "NO_COLOR": "1", **extra}
 
 
 def _free_port() -> int:

@@ -84,7 +84,7 @@ def raw_main(argv: Sequence[str] | None, env: Environment) -> ExitStatus:
         return ExitStatus(handler(args, env))
     except _ArgparseUsage as exc:
         env.console.print(exc.usage.rstrip(), markup=False)
-        env.console.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        env.console.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
         return ExitStatus.USAGE
     except GemmacliError as exc:
         if env.debug:

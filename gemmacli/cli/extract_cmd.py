@@ -140,9 +140,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="drop schema keywords the decoder cannot enforce (warned) instead of exit 3",
     )
-    run.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, deterministic (default)")
-    run.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
-    run.add_argument("--seed", type=int, help="random seed for sampling")
+    run.add_argument(
+        "--temperature", type=float, default=0.0, metavar="T", help="0 = greedy, deterministic (default)"
+    )
+    run.add_argument(
+        "--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (default: 1.0)"
+    )
+    run.add_argument("--seed", type=int, metavar="N", help="random seed for sampling")
     run.add_argument("--instructions", metavar="TEXT|@FILE", help="extra instructions for the model")
     run.add_argument(
         "--truncate",
@@ -180,7 +184,11 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
     if output is not None:
         sources = _without_output_file(sources, output)
     as_records = (
-        args.records or args.resume or bool(args.input_jsonl) or len(sources) != 1 or _names_a_set(args.inputs)
+        args.records
+        or args.resume
+        or bool(args.input_jsonl)
+        or len(sources) != 1
+        or _names_a_set(args.inputs)
     )
     if not sources:
         if args.allow_empty:
@@ -189,7 +197,7 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
         raise ExtractionFailed("no input found", hint="check the paths and --glob, or pass --allow-empty")
 
     model = args.model or env.environ.get("GEMMACLI_MODEL") or DEFAULT_MODEL_NAME
-    _check_model(model, env)
+    model = _check_model(model, env)
     jobs = args.jobs if args.jobs > 0 else (os.cpu_count() or 1)
     jobs = min(jobs, max(len(sources), 1))
     options = batch.ExtractOptions(
@@ -293,13 +301,17 @@ def _without_output_file(sources: list[Source], output: Path) -> list[Source]:
     return [s for s in sources if s.path is None or s.path.resolve() != target]
 
 
-def _check_model(model: str, env: Environment) -> None:
-    """Fail fast (exit 4) on a missing model, before reading input or starting workers."""
+def _check_model(model: str, env: Environment) -> str:
+    """Fail fast (exit 4) on a missing model, before loading anything or starting workers.
+
+    Returns the model's folder, so every worker loads exactly the model found here.
+    """
     from gemmacli import store
 
     resolve = getattr(store, "resolve_model", None)
-    if resolve is not None:
-        resolve(model, env.environ)
+    if resolve is None:
+        return model
+    return str(Path(resolve(model, env.environ)).resolve())
 
 
 def _read_instructions(value: str | None) -> str | None:
@@ -376,16 +388,20 @@ def _extract_batch(
     sink: batch.StdoutSink | batch.JsonlFileSink
     if output is not None:
         sink = batch.JsonlFileSink(output, resume=args.resume)
+        schema_sha256 = getattr(options.schema, "sha256", None)
+        if args.resume and schema_sha256 and sink.schema_hashes - {schema_sha256}:
+            env.warn(f"{output} holds records made with a different schema; the new ones will not match them")
         if args.resume and sink.recorded:
             before = len(sources)
             sources = batch.skip_recorded(sources, sink.recorded)
             env.info(
-                f"resuming {output}: {before - len(sources)} of {before} already recorded, "
+                f"resuming {_escape(str(output))}: {before - len(sources)} of {before} already recorded, "
                 f"{len(sources)} to go"
             )
     else:
         sink = batch.StdoutSink(env)
-    progress = batch.make_progress(env, every=args.progress_every)
+    records_on_terminal = output is None and bool(env.stdout_isatty)
+    progress = batch.make_progress(env, every=args.progress_every, records_on_terminal=records_on_terminal)
     written = _Counting(sink)
     try:
         summary = batch.run_batch(
@@ -399,7 +415,8 @@ def _extract_batch(
         )
     except KeyboardInterrupt:
         if output is not None:
-            env.info(f"{written.count} record(s) written to {output}; rerun with --resume to continue")
+            where = _escape(str(output))
+            env.info(f"{written.count} record(s) written to {where}; rerun with --resume to continue")
         raise
     finally:
         sink.close()
@@ -426,7 +443,7 @@ def _report(summary: batch.BatchSummary, output: Path | None, env: Environment) 
     """The closing lines on stderr: counts, speed, and the first failures by name."""
     done = summary.ok + len(summary.failed)
     rate = done / summary.seconds if summary.seconds > 0 else 0.0
-    where = f" to {output}" if output is not None else ""
+    where = f" to {_escape(str(output))}" if output is not None else ""
     failed = len(summary.failed)
     colour = "red" if failed else "green"
     env.info(

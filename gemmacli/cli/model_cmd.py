@@ -46,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_common_flags(pull)
     pull.add_argument("name", metavar="NAME", nargs="?", default=store.DEFAULT_PULL_NAME,
                       help=f"model name or folder path (default {store.DEFAULT_PULL_NAME})")
-    pull.add_argument("--repo", default=None, help="Hugging Face repo (default onnx-community/gemma-3-270m-it-ONNX)")
+    pull.add_argument("--repo", default=None,
+                      help="Hugging Face repo (default onnx-community/gemma-3-270m-it-ONNX)")
     pull.add_argument("--revision", default="main", help="branch, tag or commit (default main)")
     pull.add_argument("--out-dir", type=Path, help="store folder to write into")
     pull.add_argument("--force", action="store_true", help="replace an existing model of that name")
@@ -55,12 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth = actions.add_parser("synth", help="build a random-weight Gemma 3 (tiny for tests, 270m for speed)")
     add_common_flags(synth)
     synth.add_argument("name", metavar="NAME", help="model name (or a folder path to write)")
-    synth.add_argument("--size", choices=("tiny", "270m"), default="tiny", help="tiny (tests) or 270m (real shape)")
+    synth.add_argument("--size", choices=("tiny", "270m"), default="tiny",
+                       help="tiny (tests) or 270m (real shape)")
     synth.add_argument("--seed", type=int, default=None, help="weight and tokenizer seed")
     _add_build_flags(synth)
     synth.set_defaults(handler=_synth)
 
-    listing = actions.add_parser("list", help="models on the search path (stdout: name, size, format, folder)")
+    listing = actions.add_parser(
+        "list", help="models on the search path (stdout: name, size, format, folder)")
     add_common_flags(listing)
     listing.set_defaults(handler=_list)
 
@@ -69,7 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("name", metavar="NAME", help="model name or folder path")
     info.set_defaults(handler=_info)
 
-    verify = actions.add_parser("verify", help="re-hash every file against the manifest (exit 4 on a mismatch)")
+    verify = actions.add_parser(
+        "verify", help="re-hash every file against the manifest (exit 4 on a mismatch)")
     add_common_flags(verify)
     verify.add_argument("name", metavar="NAME", help="model name or folder path")
     verify.set_defaults(handler=_verify)
@@ -91,7 +95,7 @@ def _add_build_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing model of that name")
 
 
-def _needs_action(parser: argparse.ArgumentParser):  # noqa: ANN202 - a handler
+def _needs_action(parser: argparse.ArgumentParser):
     def handler(args: argparse.Namespace, env: Environment) -> ExitStatus:
         env.console.print(parser.format_help(), markup=False, highlight=False)
         return ExitStatus.USAGE
@@ -177,7 +181,7 @@ def _info(args: argparse.Namespace, env: Environment) -> ExitStatus:
     config = store.ModelConfig.from_folder(folder)
     summary = {
         "name": manifest.get("name", folder.name),
-        "folder": str(folder),
+        "folder": str(folder.resolve()),
         "size_bytes": store.folder_size(folder),
         "gemmacli_version": manifest.get("gemmacli_version"),
         "created": manifest.get("created"),
