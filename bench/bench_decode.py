@@ -7,6 +7,8 @@ seconds of:
             forward(cache, [token]) + logits(hidden) (the full 262144-way lm_head) per token;
   ours-io   the same graph run with IOBinding and preallocated, shared past/present buffers (the runtime
             change this benchmark proposes; see bench/README.md);
+  ours-i8h, ours-io-i8h  the same two with the lm_head's MatMulNBits at accuracy_level 4 (int8 compute,
+            as the builder's lm_head) instead of the export's fp32 compute;
   builder   the builder's INT4 graph of the same HF checkpoint, run by onnxruntime-genai (its own loop:
             shared KV buffer, 512-slot windowed cache on sliding layers, logits of the last position);
   unfused   (--unfused) the optimum graph with the same split and INT4 but no attention rewrite;
@@ -53,13 +55,39 @@ def _prompt(length: int, seed: int = 0) -> list[int]:
     return [2, *(int(t) for t in rng.integers(*TOKEN_RANGE, size=length - 1))]
 
 
-def worker_ours(model_dir: str, contexts: list[int], steps: int, threads: int, logits: bool) -> dict:
+def _lm_head_int8_compute(model: Any) -> None:
+    """Swap the model's lm_head session for one with MatMulNBits accuracy_level 4 (int8 activations),
+    as the builder's lm_head has: shows what the lm_head's fp32 compute costs per token."""
+    import onnx
+    import onnxruntime as ort
+
+    from gemmacli.runtime import LM_HEAD_FILE
+
+    proto = onnx.load(str(model.folder / LM_HEAD_FILE))
+    for node in proto.graph.node:
+        if node.op_type == "MatMulNBits":
+            for attr in list(node.attribute):
+                if attr.name == "accuracy_level":
+                    node.attribute.remove(attr)
+            node.attribute.append(onnx.helper.make_attribute("accuracy_level", 4))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = model.threads or 0
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    model._lm_head = ort.InferenceSession(proto.SerializeToString(), options,
+                                          providers=["CPUExecutionProvider"])
+
+
+def worker_ours(model_dir: str, contexts: list[int], steps: int, threads: int, logits: bool,
+                lm_head_int8: bool = False) -> dict:
     """gemmacli.runtime.Model exactly as the CLI uses it: forward() then the full lm_head per token."""
     import numpy as np
 
     from gemmacli.runtime import Model
 
     model = Model(Path(model_dir), threads=threads)
+    if lm_head_int8:
+        _lm_head_int8_compute(model)
     model.forward(model.new_cache(), _prompt(8))  # warm-up: first-run allocations
     result: dict[str, Any] = {}
     for ctx in contexts:
@@ -78,7 +106,8 @@ def worker_ours(model_dir: str, contexts: list[int], steps: int, threads: int, l
     return result
 
 
-def worker_iobinding(model_dir: str, contexts: list[int], steps: int, threads: int, logits: bool) -> dict:
+def worker_iobinding(model_dir: str, contexts: list[int], steps: int, threads: int, logits: bool,
+                     lm_head_int8: bool = False) -> dict:
     """Prototype of the proposed runtime: IOBinding, one preallocated buffer per cache input, shared
     between past and present (GQA's past_present_share_buffer), so no step copies the KV cache.
 
@@ -91,6 +120,8 @@ def worker_iobinding(model_dir: str, contexts: list[int], steps: int, threads: i
     from gemmacli.runtime import Model
 
     model = Model(Path(model_dir), threads=threads)
+    if lm_head_int8:
+        _lm_head_int8_compute(model)
     sess = model._decoder  # the very session the runtime built (same options)
     inputs = {i.name: i for i in sess.get_inputs()}
     outputs = [o.name for o in sess.get_outputs()]
@@ -169,8 +200,14 @@ def worker_builder(model_dir: str, contexts: list[int], steps: int, threads: int
     return {str(ctx): dict(zip(("prefill_s", "decode_ms"), run(ctx), strict=True)) for ctx in contexts}
 
 
-WORKERS = {"ours": worker_ours, "ours-io": worker_iobinding, "builder": worker_builder,
-           "unfused": worker_ours}
+WORKERS = {
+    "ours": worker_ours,
+    "ours-io": worker_iobinding,
+    "ours-i8h": lambda *a: worker_ours(*a, lm_head_int8=True),
+    "ours-io-i8h": lambda *a: worker_iobinding(*a, lm_head_int8=True),
+    "builder": worker_builder,
+    "unfused": worker_ours,
+}
 
 
 def _set_builder_threads(model_dir: Path, threads: int) -> None:
@@ -187,9 +224,17 @@ def _set_builder_threads(model_dir: Path, threads: int) -> None:
 # ------------------------------------------------------------------------------------------- building
 
 
-def _run(cmd: list[str], **kw: Any) -> None:
-    print("+", " ".join(cmd), file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True, **kw)
+def _run(cmd: list[str], log: Path | None = None) -> None:
+    """Run a build step; with `log`, its (chatty) output goes there and only the tail shows on failure."""
+    print("+", " ".join(cmd), f"> {log}" if log else "", file=sys.stderr, flush=True)
+    if log is None:
+        subprocess.run(cmd, check=True)
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as handle:
+        proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{log.read_text()[-3000:]}")
 
 
 def ensure_model(ref: str) -> Path:
@@ -220,7 +265,8 @@ def ensure_builder(checkpoint: Path, out: Path) -> Path:
         return out
     if not BUILDER_PY.exists():
         _run(["bash", str(HERE / "setup_builder_env.sh")])
-    _run([str(BUILDER_PY), str(HERE / "builder_export.py"), str(checkpoint), str(out)])
+    _run([str(BUILDER_PY), str(HERE / "builder_export.py"), str(checkpoint), str(out)],
+         log=out.with_name(out.name + ".log"))
     return out
 
 
@@ -231,7 +277,7 @@ def ensure_unfused(model_dir: Path, checkpoint: Path, out: Path) -> Path:
     code = ("import sys, gemmacli.fuse as f; f.fuse_attention = lambda m, c, **k: m; "
             "from gemmacli import export as e; from pathlib import Path; "
             "e.export_model(sys.argv[1], Path(sys.argv[2]), force=True, name='bench-unfused')")
-    _run([sys.executable, "-c", code, str(checkpoint), str(out)])
+    _run([sys.executable, "-c", code, str(checkpoint), str(out)], log=out.with_name(out.name + ".log"))
     return out
 
 
@@ -276,7 +322,7 @@ def main() -> None:
     contexts = [int(c) for c in args.contexts.split(",")]
     kinds = [k for k in args.kinds.split(",") if k] + (["unfused"] if args.unfused else [])
     model_dir = ensure_model(args.model)
-    folders: dict[str, Path] = {"ours": model_dir, "ours-io": model_dir}
+    folders: dict[str, Path] = {k: model_dir for k in WORKERS if k.startswith("ours")}
     if "builder" in kinds or "unfused" in kinds:
         checkpoint = args.checkpoint or (None if args.builder and "unfused" not in kinds
                                          else source_checkpoint(model_dir))

@@ -77,19 +77,22 @@ def make_input(tokenizer: Any, tokens: int = INPUT_TOKENS) -> str:
 
 def peer_schema() -> dict[str, Any]:
     """The peer's llguidance gets the same compact JSON grammar as ours (no free whitespace)."""
-    return {**SCHEMA, "x-guidance": {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}}
+    compact = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+    return {**SCHEMA, "x-guidance": compact}
 
 
 # ------------------------------------------------------------------------------------------- workers
 
 
-def worker_ours(model_dir: str, docs: int, threads: int, max_tokens: int) -> dict[str, Any]:
+def worker_ours(model_dir: str, docs: int, threads: int, max_tokens: int, prefix_cache: bool = True
+                ) -> dict[str, Any]:
     """gemmacli.api.Extractor exactly as the CLI uses it; times from the first import."""
     t0 = time.perf_counter()
     from gemmacli.api import Extractor
     from gemmacli.prompt import encode_prompt
 
-    extractor = Extractor(SCHEMA, model=model_dir, threads=threads, max_tokens=max_tokens)
+    extractor = Extractor(SCHEMA, model=model_dir, threads=threads, max_tokens=max_tokens,
+                          prefix_cache=prefix_cache)
     text = make_input(extractor.model.tokenizer)
     first = extractor.extract(text)
     cold = time.perf_counter() - t0
@@ -204,7 +207,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=3, help="documents timed per process after the first")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--kinds", default="ours,peer,peer-ff", help="comma list of ours, peer, peer-ff")
+    parser.add_argument("--kinds", default="ours,ours-noprefix,peer,peer-ff",
+                        help="comma list of ours, ours-noprefix (no prompt-head KV reuse), peer, peer-ff "
+                        "(the peer with llguidance's ff tokens enabled)")
     parser.add_argument("--json", type=Path, help="write every raw measurement here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="?", help=argparse.SUPPRESS)
@@ -230,38 +235,54 @@ def main() -> None:
     ours = [_run_worker(sys.executable, "ours", [str(model_dir), args.docs, args.threads, args.max_tokens],
                         args.threads) for _ in range(args.runs)]
     raw["ours"] = ours
+    variants: dict[str, list[dict[str, Any]]] = {}
+    if "ours-noprefix" in kinds:
+        worker_args = [str(model_dir), args.docs, args.threads, args.max_tokens, False]
+        variants["ours-noprefix"] = [_run_worker(sys.executable, "ours", worker_args, args.threads)
+                                     for _ in range(args.runs)]
+        raw.update(variants)
     raw["lm_head"] = _run_worker(sys.executable, "lm_head", [str(model_dir), args.threads], args.threads)
     prompt_ids = ours[0]["prompt_ids"]
     peers: dict[str, list[dict[str, Any]]] = {}
     peer_kinds = [k for k in kinds if k.startswith("peer")]
     if peer_kinds:
-        builder = args.builder or ensure_builder(source_checkpoint(model_dir), OUT / f"builder-{model_dir.name}")
+        builder = args.builder or ensure_builder(source_checkpoint(model_dir),
+                                                 OUT / f"builder-{model_dir.name}")
         _set_builder_threads(builder, args.threads)
         raw["builder"] = str(builder)
         for kind in peer_kinds:
-            peers[kind] = [_run_worker(str(BUILDER_PY), "peer", [str(builder), args.docs, args.threads,
-                                                                  args.max_tokens, prompt_ids, kind == "peer-ff"],
-                                       args.threads) for _ in range(args.runs)]
+            worker_args = [str(builder), args.docs, args.threads, args.max_tokens, prompt_ids,
+                           kind == "peer-ff"]
+            peers[kind] = [_run_worker(str(BUILDER_PY), "peer", worker_args, args.threads)
+                           for _ in range(args.runs)]
         raw.update(peers)
 
     doc = _median(ours, "doc_s")
-    out_tokens = ours[0]["generated"] + ours[0]["forced"]
     print(f"model {model_dir} | threads {args.threads} | prompt {ours[0]['prompt_tokens']} tokens "
           f"(input {INPUT_TOKENS}) | runs {args.runs} x {args.docs} docs | medians")
     print(f"{'side':10s} {'cold s':>8s} {'doc s':>8s} {'calls':>6s} {'out tok':>8s} {'forced':>7s} "
           f"{'overhead':>9s} {'ratio':>6s}")
-    overhead = 1 - _median(ours, "model_s") / doc
-    print(f"{'gemmacli':10s} {_median(ours, 'cold_s'):8.3f} {doc:8.3f} {ours[0]['calls']:6d} {out_tokens:8d} "
-          f"{ours[0]['forced'] / out_tokens:7.1%} {overhead:9.1%} {'':>6s}")
+    sides = [("gemmacli", ours), *[(k.replace("ours", "gemmacli"), v) for k, v in variants.items()]]
+    for label, runs in sides:
+        side_doc = _median(runs, "doc_s")
+        overhead = 1 - _median(runs, "model_s") / side_doc
+        tokens = runs[0]["generated"] + runs[0]["forced"]
+        print(f"{label:10s} {_median(runs, 'cold_s'):8.3f} {side_doc:8.3f} {runs[0]['calls']:6d} {tokens:8d} "
+              f"{runs[0]['forced'] / tokens:7.1%} {overhead:9.1%} {'':>6s}")
     for kind, runs in peers.items():
         peer_doc = _median(runs, "doc_s")
         print(f"{kind:10s} {_median(runs, 'cold_s'):8.3f} {peer_doc:8.3f} {runs[0]['calls']:6d} "
               f"{runs[0]['output_tokens']:8d} {'':>7s} {'':>9s} {doc / peer_doc:6.2f}")
+    if variants and peers:
+        base = _median(next(iter(variants.values())), "doc_s")
+        print("ratio of gemmacli-noprefix to " + ", ".join(
+            f"{kind} {base / _median(runs, 'doc_s'):.2f}" for kind, runs in peers.items()))
     print(f"gemmacli output: {ours[0]['text']}")
     for kind, runs in peers.items():
         print(f"{kind} output: {runs[0]['text']}")
     print(f"llguidance tokenizer build {_median(ours, 'tokenizer_build_s'):.3f} s, first document waited "
-          f"{_median(ours, 'tokenizer_wait_s'):.3f} s for it; model load {_median(ours, 'model_load_s'):.3f} s")
+          f"{_median(ours, 'tokenizer_wait_s'):.3f} s for it; "
+          f"model load {_median(ours, 'model_load_s'):.3f} s")
     head = raw["lm_head"]
     rows = ", ".join(f"{k[5:-3]} rows {v:.3f}" for k, v in head.items() if k.startswith("rows_"))
     print(f"lm_head ms: full {head['full_ms']:.3f} | logits_for: {rows}")

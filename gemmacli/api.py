@@ -28,6 +28,7 @@ def extract(text, schema, *, model=DEFAULT_MODEL, **options) -> ExtractionResult
 DEFAULT_MODEL = os.environ.get("GEMMACLI_MODEL", "gemma-3-270m-it")
 
 Additions (backward compatible): Extractor(..., pretty=False) asks the model for bounded pretty whitespace;
+Extractor(..., prefix_cache=True) reuses the KV cache of the prompt's head (instruction + field guide);
 ExtractionResult also carries `model_seconds` (inside onnxruntime), `truncated` and `warnings`;
 Extractor.timings records the llguidance tokenizer build/wait seconds.
 """
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from gemmacli.decoder import DecodeOptions, decode
 from gemmacli.errors import ExtractionFailed, ModelError, SchemaError
 from gemmacli.grammar import TokenizerBuild, compile_grammar, json_options, new_matcher
-from gemmacli.prompt import encode_prompt
+from gemmacli.prompt import Prompt, encode_prompt
 from gemmacli.schema import LoadedSchema, check_schema, join_pointer, schema_sha256
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class Extractor:
         threads: int | None = None,
         warn: Callable[[str], None] | None = None,
         pretty: bool = False,
+        prefix_cache: bool = True,
     ) -> None:
         if isinstance(schema, LoadedSchema):
             self.schema: dict = schema.schema
@@ -144,6 +146,8 @@ class Extractor:
             if files else ""
         )
         self._matcher: Any = None
+        self._prefix: tuple[tuple[int, ...], Any] | None = None  # head ids -> KV cache after them
+        self._prefix_cache = prefix_cache
 
     @staticmethod
     def _model_folder(model: Any) -> tuple[Path, Any]:
@@ -166,6 +170,31 @@ class Extractor:
             self._matcher.reset()
         return self._matcher
 
+    def _prefill(self, prompt: Prompt) -> tuple[Any, Any, int, float]:
+        """KV cache and hidden state after the prompt: (cache, hidden, forward calls, seconds).
+
+        The head (instruction + field guide) is the same for every document of a schema: it is prefilled
+        once and its KV cache copied for each document, so a document only prefills its own text. Every
+        document runs the same grouping of forward calls (head, then text), whether the head came from the
+        cache or not: onnxruntime's float results depend on the grouping, and greedy output must be
+        byte-identical from one run to the next.
+        """
+        model = self.model
+        head, body = tuple(prompt.ids[: prompt.prefix_len]), prompt.ids[prompt.prefix_len:]
+        calls, seconds = 0, 0.0
+        t0 = time.perf_counter()
+        if self._prefix is not None and self._prefix[0] == head:
+            cache = self._prefix[1].copy()
+        else:
+            cache = model.new_cache()
+            if head:
+                model.forward(cache, list(head))
+                calls += 1
+                if self._prefix_cache and callable(getattr(cache, "copy", None)):
+                    self._prefix = (head, cache.copy())
+        hidden = model.forward(cache, body)
+        return cache, hidden, calls + 1, seconds + time.perf_counter() - t0
+
     def extract(self, text: str) -> ExtractionResult:
         """One document -> one validated JSON value; ExtractionFailed (exit 1) otherwise."""
         start = time.perf_counter()
@@ -173,21 +202,16 @@ class Extractor:
         prompt = encode_prompt(model.tokenizer, model.config, self.schema, text,
                                instructions=self.instructions, max_tokens=self.max_tokens,
                                truncate=self.truncate)
-        cache = model.new_cache()
-        # The prompt is always prefilled alone, so every document runs the same sequence of forward calls
-        # (onnxruntime's float results depend on how tokens are grouped: byte-identical greedy output
-        # needs the same grouping). In the first document of a process llguidance builds its token table
-        # meanwhile (gemmacli.grammar.TokenizerBuild); later documents find it cached.
+        # In the first document of a process llguidance builds its token table during the prefill
+        # (gemmacli.grammar.TokenizerBuild); later documents find it cached.
         self._tokenizer_build.start()
-        t0 = time.perf_counter()
-        hidden = model.forward(cache, prompt.ids)
-        model_seconds = time.perf_counter() - t0
+        cache, hidden, calls, model_seconds = self._prefill(prompt)
         matcher = self._new_matcher()
         tokenizer = self._tokenizer_build.result()
         self.timings["tokenizer_build"] = self._tokenizer_build.build_seconds
         self.timings["tokenizer_wait"] = self._tokenizer_build.wait_seconds
         result = decode(model, cache, matcher, tokenizer, [], self.options, hidden=hidden,
-                        model_calls=1, model_seconds=model_seconds)
+                        model_calls=calls, model_seconds=model_seconds)
         try:
             data = json.loads(result.text)
         except json.JSONDecodeError as exc:  # the grammar makes this unreachable; never pass it on

@@ -46,8 +46,8 @@ class DecodeResult:
     generated_tokens: int  # chosen by the model (from logits)
     forced_tokens: int  # decided by the grammar alone
     model_calls: int  # decoder forward runs (prefill included)
-    seconds: float = 0.0
-    model_seconds: float = 0.0  # inside onnxruntime (forward + lm_head)
+    seconds: float = 0.0  # the loop, plus any prefill the caller did and passed in as model_seconds
+    model_seconds: float = 0.0  # running the model (forward + lm_head rows)
     small_heads: int = 0  # steps that used logits_for
     full_heads: int = 0  # steps that used the full lm_head
     allowed_sizes: list[int] = field(default_factory=list)
@@ -100,7 +100,7 @@ def decode(
     `pending` holds tokens not yet fed to the model (the prompt, or nothing when the caller prefilled it
     and passes the resulting `hidden`). `tokenizer` is llguidance's LLTokenizer (for the text).
     """
-    start = time.perf_counter()
+    start = time.perf_counter() - model_seconds  # a prefill done by the caller counts as model time
     eos = set(int(e) for e in tokenizer.eos_tokens)
     n_vocab = int(tokenizer.vocab_size)
     mask = Mask(n_vocab)
@@ -183,7 +183,10 @@ def decode(
         pending.append(token)
     if not matcher.is_accepting():
         raise fail("the grammar stopped before the JSON was complete")
-    text = tokenizer.decode_bytes(out).decode("utf-8", errors="strict")
+    try:
+        text = tokenizer.decode_bytes(out).decode("utf-8", errors="strict")
+    except UnicodeDecodeError as exc:  # the JSON grammar only completes on whole characters
+        raise fail(f"the model emitted invalid UTF-8: {exc}") from exc
     seconds = time.perf_counter() - start
     return DecodeResult(out, text, generated, forced, model_calls, seconds, model_seconds, small, full, sizes)
 

@@ -6,10 +6,11 @@ Stages (one stderr line each, with its time):
   split      the decoder graph returns the final-normed hidden state of the last position only; the
              lm_head MatMul moves into its own lm_head.onnx (no [seq, 262144] logits on prefill)
   fuse       gemmacli.fuse.fuse_attention (attention rewrite; keeps input/output names)
-  quantize   int4: MatMulNBits on every MatMul, block 32|128. The decoder uses accuracy_level 4 (int8
-             compute, faster); the lm_head uses fp32 compute so Model.logits_for, which dequantizes rows in
-             numpy, equals Model.logits to float rounding. The tied embedding lookup becomes a
-             GatherBlockQuantized that reads the lm_head's int4 bytes in lm_head.onnx.data (one copy on disk).
+  quantize   int4: MatMulNBits on every MatMul (the lm_head too), block 32|128, accuracy_level 4 by
+             default (int8 activations: 1.5-2x faster here than fp32 compute). Model.logits_for mirrors
+             the lm_head's arithmetic in numpy, so it equals Model.logits to float rounding either way.
+             The tied embedding lookup becomes a GatherBlockQuantized that reads the lm_head's int4 bytes
+             in lm_head.onnx.data (one copy on disk).
   write      model.onnx(.data), lm_head.onnx(.data), tokenizer.json, gemmacli.json, manifest.json
 
 Everything is built in a temp folder beside the destination and renamed at the end.
@@ -77,13 +78,31 @@ def load_hf_config(source: str) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     if local.exists():
         raise UsageError(f"{local} is a file; SOURCE must be a checkpoint folder or a Hugging Face id")
+    require_export_tools()
     try:
         from transformers import AutoConfig
 
         return AutoConfig.from_pretrained(source).to_dict()
-    except OSError as exc:
-        raise ModelError(f"cannot read the checkpoint {source!r}: {exc}",
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read the checkpoint {source!r}: {_first_line(exc)}",
                          hint="check the id, your network, or pass a local checkpoint folder") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
+
+
+def require_export_tools() -> None:
+    """Exporting needs the `export` extra; say how to get it instead of failing on an import deep inside."""
+    missing = []
+    for module in ("torch", "transformers", "optimum.exporters.onnx", "onnx"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module.split(".")[0])
+    if missing:
+        raise UsageError(f"exporting needs {', '.join(missing)}, which this installation lacks",
+                         hint="pip install 'gemmacli[export]'   # in a checkout: pip install -e '.[export]'")
 
 
 def check_architecture(config: dict[str, Any]) -> None:
@@ -134,7 +153,7 @@ def split_lm_head(model: Any) -> tuple[Any, Any]:
     if missing:
         raise ModelError(f"unexpected graph: lm_head weights {missing} are not initializers")
 
-    hidden_size = _last_dim(graph, hidden_in, head, initializers)
+    hidden_size = _hidden_size(head, initializers)
     graph.node.remove(head)
     lm_head_inits = []
     for name in weight_names:
@@ -209,7 +228,7 @@ def _i64(values: list[int]) -> Any:
     return np.asarray(values, dtype=np.int64)
 
 
-def _last_dim(graph: Any, hidden_in: str, head: Any, initializers: dict[str, Any]) -> int:
+def _hidden_size(head: Any, initializers: dict[str, Any]) -> int:
     """Hidden size: from the lm_head weight (MatMul [H, V]) or MatMulNBits' K attribute."""
     if head.op_type == "MatMulNBits":
         return next(a.i for a in head.attribute if a.name == "K")
@@ -253,7 +272,9 @@ def share_embedding_with_lm_head(decoder: Any, lm_head_on_disk: Any, *, data_fil
         return None
     attrs = {a.name: a.i for a in node.attribute}
     hidden, vocab = attrs["K"], attrs["N"]
-    blocks = -(-hidden // block_size)
+    if hidden % block_size:  # MatMulNBits pads rows to whole blocks; GatherBlockQuantized reads [V, K/2]
+        return None
+    blocks = hidden // block_size
     graph = decoder.graph
     initializers = {init.name: init for init in graph.initializer}
     gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] in initializers
@@ -311,7 +332,7 @@ def _quiet_logging() -> Iterator[None]:
 # --------------------------------------------------------------------------------------------- export
 
 
-def _run_optimum(source: str, out_dir: Path, verbose: bool) -> None:
+def run_optimum(source: str, out_dir: Path, verbose: bool) -> None:
     from optimum.exporters.onnx import main_export
 
     with contextlib.ExitStack() as stack:
@@ -385,13 +406,20 @@ def export_into(folder: Path, source: str, *, name: str, precision: str = "int4"
     if block_size not in BLOCK_SIZES:
         raise UsageError(f"block size must be one of {', '.join(map(str, BLOCK_SIZES))}, not {block_size}")
     stages = Stages(report)
-    with stages.stage("check", source):
+    with stages.stage("check", (source_info or {}).get("kind", source)):
         hf_config = load_hf_config(source)
         check_architecture(hf_config)
+        require_export_tools()
     work = folder / "_optimum"
     try:
         with stages.stage("export", "optimum, text-generation-with-past"):
-            _run_optimum(source, work, verbose)
+            try:
+                run_optimum(source, work, verbose)
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as exc:  # the exporter's own errors: a broken or unusual checkpoint
+                raise ModelError(f"optimum could not export {source}: {_first_line(exc)}",
+                                 hint="run again with --debug for the full traceback") from exc
         with stages.stage("split", "last-position hidden state out; lm_head.onnx apart"):
             graph_path = work / "model.onnx"
             decoder = onnx.load(str(graph_path), load_external_data=True)
@@ -403,7 +431,8 @@ def export_into(folder: Path, source: str, *, name: str, precision: str = "int4"
             with stages.stage("quantize", f"int4 MatMulNBits, block {block_size}"):
                 decoder, decoder_weights = quantize_int4(decoder, block_size=block_size,
                                                          accuracy_level=accuracy_level)
-                lm_head, head_weights = quantize_int4(lm_head, block_size=block_size, accuracy_level=0)
+                lm_head, head_weights = quantize_int4(lm_head, block_size=block_size,
+                                                      accuracy_level=accuracy_level)
         with stages.stage("write", "model.onnx, lm_head.onnx, tokenizer.json, gemmacli.json"):
             save_graph(lm_head, folder / "lm_head.onnx")
             embedding = None
@@ -414,7 +443,7 @@ def export_into(folder: Path, source: str, *, name: str, precision: str = "int4"
                 quantization = {
                     "bits": 4, "format": "int4", "block_size": block_size, "symmetric": False,
                     "method": "onnxruntime MatMulNBitsQuantizer",
-                    "accuracy_level": {"model.onnx": accuracy_level, "lm_head.onnx": 0},
+                    "accuracy_level": {"model.onnx": accuracy_level, "lm_head.onnx": accuracy_level},
                     "tensors": {"model.onnx": decoder_weights, "lm_head.onnx": head_weights},
                     "embedding": ("GatherBlockQuantized over the lm_head's int4 bytes (lm_head.onnx.data)"
                                   if embedding else "fp32 Gather"),

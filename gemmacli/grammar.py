@@ -209,7 +209,9 @@ class Mask:
         matcher.unsafe_compute_mask_ptr(self._ptr, self._nbytes)
 
     def count(self) -> int:
-        return int(np.bitwise_count(self.words.view(np.uint32)).sum())
+        if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+            return int(np.bitwise_count(self.words.view(np.uint32)).sum())
+        return int(np.unpackbits(self.words.view(np.uint8)).sum())
 
     def allowed(self) -> np.ndarray:
         """Allowed token ids, ascending (int64)."""

@@ -127,8 +127,8 @@ GUIDE_LEVELS: tuple[dict[str, Any], ...] = (
 )
 
 
-def user_turn(schema: dict, text: str, instructions: str | None = None, *, level: int = 0) -> str:
-    """The content of the user turn (without the chat markers)."""
+def turn_head(schema: dict, instructions: str | None = None, *, level: int = 0) -> str:
+    """The user turn up to the text: instruction, field guide, null/empty guidance, user instructions."""
     parts = [INSTRUCTION]
     guide = field_guide(schema, **GUIDE_LEVELS[level])
     if guide:
@@ -140,58 +140,73 @@ def user_turn(schema: dict, text: str, instructions: str | None = None, *, level
             parts.append("The value: " + " ".join(description.split())[:300])
     if instructions:
         parts.append("Instructions: " + instructions.strip())
-    parts.append("Text:\n" + text.strip())
+    parts.append("Text:\n")
     return _neutralise("\n\n".join(parts))
+
+
+def user_turn(schema: dict, text: str, instructions: str | None = None, *, level: int = 0) -> str:
+    """The content of the user turn (without the chat markers)."""
+    return turn_head(schema, instructions, level=level) + _neutralise(text.strip())
 
 
 @dataclass
 class Prompt:
     ids: list[int]
     truncated: bool
+    #: ids[:prefix_len] depend only on the schema and the instructions, never on the text: a batch
+    #: prefills them once and reuses their KV cache (gemmacli.api.Extractor).
+    prefix_len: int = 0
 
 
 def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instructions: str | None = None,
                   max_tokens: int = 1024, truncate: bool = False) -> Prompt:
     """Token ids of the Gemma chat prompt; ExtractionFailed when prompt + max_tokens exceed the context.
 
-    With truncate=True the text (never the instruction or the guide) is cut from the end to fit.
+    The head (up to "Text:\n") and the text are tokenized separately, so the head's tokens never depend
+    on the text (Gemma's "\n" is a piece of its own: the boundary costs nothing). With truncate=True the
+    text (never the instruction or the guide) is cut from the end to fit.
     """
     bos = int(getattr(config, "bos_token_id", 2))
     context = int(getattr(config, "context_length", 32768))
+    sot, eot = _special(tokenizer, "<start_of_turn>", 105), _special(tokenizer, "<end_of_turn>", 106)
+    closing = [eot, *_encode(tokenizer, "\n"), sot, *_encode(tokenizer, "model\n")]
 
-    def ids_for(body: str) -> list[int]:
-        inner = tokenizer.encode("user\n" + body, add_special_tokens=False).ids
-        tail = tokenizer.encode("\n", add_special_tokens=False).ids
-        model = tokenizer.encode("model\n", add_special_tokens=False).ids
-        sot, eot = _special(tokenizer, "<start_of_turn>", 105), _special(tokenizer, "<end_of_turn>", 106)
-        return [bos, sot, *inner, eot, *tail, sot, *model]
+    def head_ids(level: int) -> list[int]:
+        return [bos, sot, *_encode(tokenizer, "user\n" + turn_head(schema, instructions, level=level))]
+
+    def body_ids(body: str) -> list[int]:
+        return _encode(tokenizer, _neutralise(body.strip())) + closing
 
     budget = context - max_tokens
+    body = body_ids(text)
     for level in range(len(GUIDE_LEVELS)):  # a big schema's guide shrinks before the text is touched
-        ids = ids_for(user_turn(schema, text, instructions, level=level))
-        if len(ids) <= budget:
-            return Prompt(ids, False)
+        head = head_ids(level)
+        if len(head) + len(body) <= budget:
+            return Prompt(head + body, False, len(head))
     if not truncate:
         raise ExtractionFailed(
-            f"the input is too long: the prompt is {len(ids)} tokens and {max_tokens} more are reserved for "
-            f"the answer, but the model's context holds {context}",
+            f"the input is too long: the prompt is {len(head) + len(body)} tokens and {max_tokens} more are "
+            f"reserved for the answer, but the model's context holds {context}",
             hint="pass --truncate to cut the text to fit, or lower --max-tokens",
         )
-    level = next((i for i in range(len(GUIDE_LEVELS))
-                  if len(ids_for(user_turn(schema, "", instructions, level=i))) < budget // 2),
+    level = next((i for i in range(len(GUIDE_LEVELS)) if len(head_ids(i)) < budget // 2),
                  len(GUIDE_LEVELS) - 1)
-    fixed = len(ids_for(user_turn(schema, "", instructions, level=level)))
+    head = head_ids(level)
+    fixed = len(head) + len(closing)
     if fixed >= budget:
         raise ExtractionFailed(f"the schema guide alone ({fixed} tokens) leaves no room in the context "
                                f"({context} tokens with --max-tokens {max_tokens})")
-    text_ids = tokenizer.encode(text.strip(), add_special_tokens=False).ids
-    keep = max(0, budget - fixed - 2)
+    text_ids = _encode(tokenizer, text.strip())
+    keep = max(0, budget - fixed)
     while True:
-        cut = tokenizer.decode(text_ids[:keep])
-        ids = ids_for(user_turn(schema, cut, instructions, level=level))
-        if len(ids) <= budget or keep == 0:
-            return Prompt(ids, True)
-        keep = max(0, keep - (len(ids) - budget) - 1)
+        body = body_ids(tokenizer.decode(text_ids[:keep]))
+        if len(head) + len(body) <= budget or keep == 0:
+            return Prompt(head + body, True, len(head))
+        keep = max(0, keep - (len(head) + len(body) - budget))
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False).ids) if text else []
 
 
 def _special(tokenizer: Any, piece: str, default: int) -> int:

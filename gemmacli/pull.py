@@ -2,8 +2,8 @@
 
 Downloads `onnx/model_q4.onnx` (+ its external data), tokenizer.json and the config files of
 `onnx-community/gemma-3-270m-it-ONNX` into a temp folder, converts the graph to the gemmacli layout (the
-lm_head MatMulNBits that produces full-sequence logits moves into lm_head.onnx, computed in fp32 so
-Model.logits_for is exact; the decoder outputs the last position's hidden state), loads it once as a
+lm_head MatMulNBits that produces full-sequence logits moves into lm_head.onnx; the decoder outputs the
+last position's hidden state), loads it once as a
 check, writes the manifest and renames the folder into the store. Nothing half-written is left behind.
 
 Network: honours HF_ENDPOINT (a mirror, or the tests' loopback server) and HF_HUB_OFFLINE (then only the
@@ -62,7 +62,16 @@ def download(repo: str, revision: str, target: Path, environ: Mapping[str, str])
                          hint="check the network (or HF_ENDPOINT), then run the same command again") from exc
     if not (folder / GRAPH_FILE).is_file():
         raise ModelError(f"{repo}@{revision} has no {GRAPH_FILE}")
-    return folder, _commit_of(folder, revision)
+    commit = _commit_of(folder, revision)
+    if folder.resolve() != target.resolve():
+        # the Hugging Face cache holds symlinks to blobs, and onnx refuses symlinked external data
+        for path in folder.rglob("*"):
+            if path.is_file() and ".cache" not in path.relative_to(folder).parts:
+                copy = target / path.relative_to(folder)
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, copy)
+        folder = target
+    return folder, commit
 
 
 def _hub_cache(environ: Mapping[str, str]) -> str | None:
@@ -96,7 +105,14 @@ def convert(downloaded: Path, folder: Path) -> dict[str, Any]:
     import onnx
     from onnx import helper
 
-    from gemmacli.export import DEFAULT_BLOCK_SIZE, model_config_for, quantize_int4, save_graph, split_lm_head
+    from gemmacli.export import (
+        DEFAULT_ACCURACY_LEVEL,
+        DEFAULT_BLOCK_SIZE,
+        model_config_for,
+        quantize_int4,
+        save_graph,
+        split_lm_head,
+    )
 
     try:
         graph = onnx.load(str(downloaded / GRAPH_FILE), load_external_data=True)
@@ -104,13 +120,14 @@ def convert(downloaded: Path, folder: Path) -> dict[str, Any]:
         raise ModelError(f"{GRAPH_FILE} from the download is not a readable ONNX model: {exc}") from exc
     decoder, lm_head = split_lm_head(graph)
     if lm_head.graph.node[0].op_type == "MatMul":  # an fp32 lm_head: INT4 it like ours
-        lm_head, _ = quantize_int4(lm_head, block_size=DEFAULT_BLOCK_SIZE, accuracy_level=0)
+        lm_head, _ = quantize_int4(lm_head, block_size=DEFAULT_BLOCK_SIZE,
+                                   accuracy_level=DEFAULT_ACCURACY_LEVEL)
     head = lm_head.graph.node[0]
     if head.op_type == "MatMulNBits":
-        # fp32 compute in the lm_head: logits_for's numpy dequantization must equal it to rounding
+        # int8 activations like our own exports (Model.logits_for mirrors whichever arithmetic runs)
         kept = [a for a in head.attribute if a.name != "accuracy_level"]
         del head.attribute[:]
-        head.attribute.extend([*kept, helper.make_attribute("accuracy_level", 0)])
+        head.attribute.extend([*kept, helper.make_attribute("accuracy_level", DEFAULT_ACCURACY_LEVEL)])
     if not any(o.domain == "com.microsoft" for o in lm_head.opset_import) and head.domain == "com.microsoft":
         lm_head.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     save_graph(decoder, folder / "model.onnx")
@@ -128,7 +145,7 @@ def convert(downloaded: Path, folder: Path) -> dict[str, Any]:
     }
     return {"bits": 4, "format": "int4", "block_size": min(blocks) if len(blocks) == 1 else sorted(blocks),
             "method": "prebuilt (onnx-community model_q4)", "tensors": tensors,
-            "accuracy_level": {"lm_head.onnx": 0}}
+            "accuracy_level": {"lm_head.onnx": DEFAULT_ACCURACY_LEVEL}}
 
 
 def pull_model(destination: Path, *, repo: str = DEFAULT_REPO, revision: str = "main", force: bool = False,

@@ -80,7 +80,13 @@ class KVCache:
 
 
 class _LmHeadRows:
-    """The lm_head's weight rows in numpy, so a few logits cost a few rows, not a 262144-row MatMul."""
+    """The lm_head's weight rows in numpy, so a few logits cost a few rows, not a 262144-row MatMul.
+
+    With accuracy_level 4, onnxruntime's MatMulNBits quantizes the activation per block to int8
+    (scale = max|x| / 127, round half to even) before the integer dot products; `int8_activations` makes
+    this class do the same, so its logits equal the session's to float rounding. Which arithmetic the
+    session really uses depends on the CPU's kernels: Model calibrates it once against the session.
+    """
 
     def __init__(self, folder: Path) -> None:
         import onnx
@@ -104,6 +110,7 @@ class _LmHeadRows:
                              offset=int(info.get("offset", 0)), shape=shape)
 
         self.op = node.op_type
+        self.int8_activations = False
         if self.op == "MatMul":
             self.rows = np.ascontiguousarray(np.asarray(array(node.input[1]), dtype=np.float32).T)  # [V, H]
             return
@@ -117,9 +124,20 @@ class _LmHeadRows:
         self.zero_points = (array(node.input[3]).reshape(self.vocab, -1)
                             if len(node.input) > 3 and node.input[3] else None)
 
+    def _quantize_activation(self, hidden: np.ndarray) -> np.ndarray:
+        padded = np.zeros(self.blocks * self.block, dtype=np.float32)
+        padded[: self.hidden] = hidden
+        blocks = padded.reshape(self.blocks, self.block)
+        scale = np.abs(blocks).max(axis=1) / np.float32(127)
+        inverse = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale != 0)
+        quantized = np.rint(blocks * inverse[:, None])
+        return (quantized * scale[:, None]).reshape(-1)[: self.hidden].astype(np.float32)
+
     def logits(self, hidden: np.ndarray, ids: np.ndarray) -> np.ndarray:
         if self.op == "MatMul":
             return self.rows[ids] @ hidden
+        if self.int8_activations:
+            hidden = self._quantize_activation(hidden)
         packed = np.asarray(self.packed[ids])
         quants = np.empty((len(ids), packed.shape[1] * 2), dtype=np.float32)
         quants[:, 0::2] = packed & 0x0F
@@ -226,10 +244,25 @@ class Model:
 
     def logits_for(self, hidden: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
         if self._rows is None:
-            self._rows = _LmHeadRows(self.folder)
+            self._rows = self._calibrated_rows()
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
         return np.asarray(self._rows.logits(np.asarray(hidden, dtype=np.float32).reshape(-1), ids),
                           dtype=np.float32)
+
+    def _calibrated_rows(self) -> _LmHeadRows:
+        """Match logits_for's arithmetic to the session's: one full lm_head run on a fixed probe."""
+        rows = _LmHeadRows(self.folder)
+        if rows.op != "MatMulNBits":
+            return rows
+        probe = np.random.default_rng(0).standard_normal(rows.hidden).astype(np.float32) * 3
+        sample = np.linspace(0, rows.vocab - 1, 256).astype(np.int64)
+        expected = self.logits(probe)[sample]
+        errors = {}
+        for int8 in (False, True):
+            rows.int8_activations = int8
+            errors[int8] = float(np.abs(rows.logits(probe, sample) - expected).max())
+        rows.int8_activations = errors[True] < errors[False]
+        return rows
 
     def generate_greedy(self, prompt_ids: Sequence[int], max_new_tokens: int,
                         stop_ids: Sequence[int] | None = None) -> list[int]:

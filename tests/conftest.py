@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -59,7 +60,15 @@ def build_cached(label: str, builder: Callable[[Path], object]) -> Path:
                 shutil.rmtree(folder)
             builder(folder)
             done.touch()
+            _prune_stale_recipes(keep=root)
     return folder
+
+
+def _prune_stale_recipes(keep: Path, max_age_s: float = 86400) -> None:
+    """Drop models built by recipes nobody has built for a day (each edit of the recipe leaves one)."""
+    for other in keep.parent.iterdir():
+        if other != keep and other.is_dir() and time.time() - other.stat().st_mtime > max_age_s:
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def build_cached_model(label: str, **options: object) -> Path:

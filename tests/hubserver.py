@@ -135,10 +135,10 @@ def build_hub_layout(checkpoint: Path, out: Path) -> Path:
 
     import onnx
 
-    from gemmacli.export import _run_optimum, quantize_int4
+    from gemmacli.export import quantize_int4, run_optimum
 
     work = out / "_optimum"
-    _run_optimum(str(checkpoint), work, verbose=False)
+    run_optimum(str(checkpoint), work, verbose=False)
     graph = onnx.load(str(work / "model.onnx"), load_external_data=True)
     graph, _ = quantize_int4(graph, block_size=32, accuracy_level=4)
     (out / "onnx").mkdir(parents=True, exist_ok=True)

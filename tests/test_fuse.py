@@ -19,7 +19,9 @@ from conftest import build_cached
 from gemmacli import export
 from gemmacli.fuse import FuseError, _rope_params, fuse_attention
 
-STEPS = [7, 3] + [1] * 34  # tokens per call: prefill, a forced chunk, then decoding past the window
+# tokens per call: a short prefill, a forced chunk, then decoding past the 16-token window; and a prefill
+# longer than two windows followed by a chunk that crosses the window cache's eviction point
+STREAMS = {"short-prefill": [7, 3] + [1] * 34, "long-prefill": [40, 1, 1, 5, 1, 9, 1, 1]}
 
 
 @pytest.fixture(scope="session")
@@ -67,20 +69,21 @@ class _Runner:
         return hidden, presents
 
 
-def _token_stream(vocab: int) -> list[list[int]]:
+def _token_stream(vocab: int, steps: list[int]) -> list[list[int]]:
     rng = np.random.default_rng(7)
-    return [[int(t) for t in rng.integers(4, vocab, n)] for n in STEPS]
+    return [[int(t) for t in rng.integers(4, vocab, n)] for n in steps]
 
 
 def _full_layers(config: dict) -> list[int]:
     return [i for i, t in enumerate(config["layer_types"]) if t == "full_attention"]
 
 
-def _assert_same_run(reference: _Runner, fused: _Runner, config: dict, *, windowed: bool) -> None:
+def _assert_same_run(reference: _Runner, fused: _Runner, config: dict, *, windowed: bool,
+                     steps: list[int]) -> None:
     """Hidden states agree at every call; full-history caches agree row for row."""
     full = _full_layers(config)
     window = config["sliding_window"]
-    for ids in _token_stream(config["vocab_size"]):
+    for ids in _token_stream(config["vocab_size"], steps):
         ref_hidden, ref_present = reference.step(ids)
         hidden, present = fused.step(ids)
         np.testing.assert_allclose(hidden, ref_hidden, atol=1e-4, rtol=1e-4)
@@ -97,13 +100,15 @@ def _assert_same_run(reference: _Runner, fused: _Runner, config: dict, *, window
     assert reference.length > 2 * window
 
 
+@pytest.mark.parametrize("steps", list(STREAMS.values()), ids=list(STREAMS))
 @pytest.mark.parametrize(("window_cache", "other_fusions"), [(True, True), (False, True), (True, False)],
                          ids=["window-cache", "full-cache", "attention-only"])
 def test_fused_graph_matches_optimum_graph(optimum_dir: Path, hf_config: dict, window_cache: bool,
-                                           other_fusions: bool) -> None:
+                                           other_fusions: bool, steps: list[int]) -> None:
     fused = fuse_attention(_split(optimum_dir), hf_config, window_cache=window_cache,
                            other_fusions=other_fusions)
-    _assert_same_run(_Runner(_split(optimum_dir)), _Runner(fused), hf_config, windowed=window_cache)
+    _assert_same_run(_Runner(_split(optimum_dir)), _Runner(fused), hf_config, windowed=window_cache,
+                     steps=steps)
 
 
 def test_exported_model_is_fused_and_matches(tiny_fp32_model_dir: Path, optimum_dir: Path,
@@ -112,7 +117,8 @@ def test_exported_model_is_fused_and_matches(tiny_fp32_model_dir: Path, optimum_
     path = tiny_fp32_model_dir / "model.onnx"
     ops = [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
     assert ops.count("GroupQueryAttention") == hf_config["num_hidden_layers"]
-    _assert_same_run(_Runner(_split(optimum_dir)), _Runner(path), hf_config, windowed=True)
+    _assert_same_run(_Runner(_split(optimum_dir)), _Runner(path), hf_config, windowed=True,
+                     steps=STREAMS["short-prefill"])
 
 
 def test_rewrite_keeps_the_interface_and_drops_the_old_attention(optimum_dir: Path, hf_config: dict) -> None:

@@ -9,13 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 from hubserver import serve_hub
 
+from gemmacli import store
 from gemmacli.cli.core import raw_main
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus
 from gemmacli.pull import DEFAULT_REPO, GRAPH_FILE
 from gemmacli.runtime import Model
+
+
+@pytest.fixture(autouse=True)
+def _no_checkout_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models a developer keeps in ./onnx_models must not leak into these tests' search path."""
+    monkeypatch.setattr(store, "checkout_models_dir", lambda: None)
 
 
 def _run(argv: list[str], environ: dict[str, str]) -> tuple[ExitStatus, str, str]:
@@ -105,3 +113,16 @@ def test_pull_does_not_load_networking_code_on_import() -> None:
             "print('huggingface_hub' in sys.modules or 'requests' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_pull_offline_reads_the_local_hugging_face_cache(tmp_path: Path, tiny_hub_repo_dir: Path) -> None:
+    import huggingface_hub
+
+    with serve_hub({DEFAULT_REPO: tiny_hub_repo_dir}) as hub:
+        huggingface_hub.snapshot_download(DEFAULT_REPO, cache_dir=str(tmp_path / "hf" / "hub"),
+                                          endpoint=hub.url)
+    status, out, err = _run(["model", "pull", "cached"], _environ(tmp_path, HF_HUB_OFFLINE="1"))
+    assert status == ExitStatus.OK, err
+    folder = Path(out.strip())
+    assert folder == tmp_path / "store" / "cached"
+    assert store.verify_model(folder)["source"]["commit"] != "main"
