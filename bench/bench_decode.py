@@ -260,24 +260,38 @@ def source_checkpoint(model_dir: Path) -> Path:
     return ckpt
 
 
+def _stamp(checkpoint: Path) -> str:
+    """Identifies the checkpoint's weights (a re-synthesized model gets new files, so a new stamp)."""
+    weights = sorted(checkpoint.glob("*.safetensors"))
+    return ";".join(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
+
+
+def _fresh(out: Path, marker: str, checkpoint: Path) -> bool:
+    stamp = out / ".source-stamp"
+    return (out / marker).is_file() and stamp.is_file() and stamp.read_text() == _stamp(checkpoint)
+
+
 def ensure_builder(checkpoint: Path, out: Path) -> Path:
-    if (out / "genai_config.json").is_file():
+    """The builder's INT4 graph of `checkpoint` in `out`, rebuilt when the checkpoint changed."""
+    if _fresh(out, "genai_config.json", checkpoint):
         return out
     if not BUILDER_PY.exists():
         _run(["bash", str(HERE / "setup_builder_env.sh")])
     _run([str(BUILDER_PY), str(HERE / "builder_export.py"), str(checkpoint), str(out)],
          log=out.with_name(out.name + ".log"))
+    (out / ".source-stamp").write_text(_stamp(checkpoint))
     return out
 
 
 def ensure_unfused(model_dir: Path, checkpoint: Path, out: Path) -> Path:
     """Same export with fuse_attention replaced by the identity (the optimum attention, INT4)."""
-    if (out / "model.onnx").is_file():
+    if _fresh(out, "model.onnx", checkpoint):
         return out
     code = ("import sys, gemmacli.fuse as f; f.fuse_attention = lambda m, c, **k: m; "
             "from gemmacli import export as e; from pathlib import Path; "
             "e.export_model(sys.argv[1], Path(sys.argv[2]), force=True, name='bench-unfused')")
     _run([sys.executable, "-c", code, str(checkpoint), str(out)], log=out.with_name(out.name + ".log"))
+    (out / ".source-stamp").write_text(_stamp(checkpoint))
     return out
 
 

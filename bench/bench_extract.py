@@ -198,6 +198,10 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(float(r[key]) for r in runs)
 
 
+def _min(runs: list[dict[str, Any]], key: str) -> float:
+    return min(float(r[key]) for r in runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="bench", help="our model: name or folder (default: bench)")
@@ -232,18 +236,12 @@ def main() -> None:
     model_dir = ensure_model(args.model)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     raw: dict[str, Any] = {"model": str(model_dir), "schema": SCHEMA, "threads": args.threads}
-    ours = [_run_worker(sys.executable, "ours", [str(model_dir), args.docs, args.threads, args.max_tokens],
-                        args.threads) for _ in range(args.runs)]
-    raw["ours"] = ours
-    variants: dict[str, list[dict[str, Any]]] = {}
+    ours_args = [str(model_dir), args.docs, args.threads, args.max_tokens]
+    first = _run_worker(sys.executable, "ours", ours_args, args.threads)  # also gives the prompt ids
+    prompt_ids = first["prompt_ids"]
+    jobs: dict[str, tuple[str, str, list[Any]]] = {"ours": (sys.executable, "ours", ours_args)}
     if "ours-noprefix" in kinds:
-        worker_args = [str(model_dir), args.docs, args.threads, args.max_tokens, False]
-        variants["ours-noprefix"] = [_run_worker(sys.executable, "ours", worker_args, args.threads)
-                                     for _ in range(args.runs)]
-        raw.update(variants)
-    raw["lm_head"] = _run_worker(sys.executable, "lm_head", [str(model_dir), args.threads], args.threads)
-    prompt_ids = ours[0]["prompt_ids"]
-    peers: dict[str, list[dict[str, Any]]] = {}
+        jobs["ours-noprefix"] = (sys.executable, "ours", [*ours_args, False])
     peer_kinds = [k for k in kinds if k.startswith("peer")]
     if peer_kinds:
         builder = args.builder or ensure_builder(source_checkpoint(model_dir),
@@ -251,28 +249,38 @@ def main() -> None:
         _set_builder_threads(builder, args.threads)
         raw["builder"] = str(builder)
         for kind in peer_kinds:
-            worker_args = [str(builder), args.docs, args.threads, args.max_tokens, prompt_ids,
-                           kind == "peer-ff"]
-            peers[kind] = [_run_worker(str(BUILDER_PY), "peer", worker_args, args.threads)
-                           for _ in range(args.runs)]
-        raw.update(peers)
+            jobs[kind] = (str(BUILDER_PY), "peer", [str(builder), args.docs, args.threads, args.max_tokens,
+                                                    prompt_ids, kind == "peer-ff"])
+    # Interleaved rounds (ours, peer, ours, peer, ...): on a shared machine both sides see the same load.
+    measured: dict[str, list[dict[str, Any]]] = {kind: [] for kind in jobs}
+    for _ in range(args.runs):
+        for kind, (python, worker, worker_args) in jobs.items():
+            measured[kind].append(_run_worker(python, worker, worker_args, args.threads))
+    raw.update(measured)
+    raw["lm_head"] = _run_worker(sys.executable, "lm_head", [str(model_dir), args.threads], args.threads)
+    ours = measured["ours"]
+    variants = {k: v for k, v in measured.items() if k.startswith("ours-")}
+    peers = {k: v for k, v in measured.items() if k.startswith("peer")}
 
     doc = _median(ours, "doc_s")
     print(f"model {model_dir} | threads {args.threads} | prompt {ours[0]['prompt_tokens']} tokens "
-          f"(input {INPUT_TOKENS}) | runs {args.runs} x {args.docs} docs | medians")
+          f"(input {INPUT_TOKENS}) | {args.runs} interleaved rounds x {args.docs} docs | medians "
+          "(min in brackets)")
     print(f"{'side':10s} {'cold s':>8s} {'doc s':>8s} {'calls':>6s} {'out tok':>8s} {'forced':>7s} "
           f"{'overhead':>9s} {'ratio':>6s}")
-    sides = [("gemmacli", ours), *[(k.replace("ours", "gemmacli"), v) for k, v in variants.items()]]
+    sides: list[tuple[str, list[dict[str, Any]]]] = [("gemmacli", ours)]
+    sides += [(k.replace("ours", "gemmacli"), v) for k, v in variants.items()]
     for label, runs in sides:
         side_doc = _median(runs, "doc_s")
         overhead = 1 - _median(runs, "model_s") / side_doc
         tokens = runs[0]["generated"] + runs[0]["forced"]
         print(f"{label:10s} {_median(runs, 'cold_s'):8.3f} {side_doc:8.3f} {runs[0]['calls']:6d} {tokens:8d} "
-              f"{runs[0]['forced'] / tokens:7.1%} {overhead:9.1%} {'':>6s}")
+              f"{runs[0]['forced'] / tokens:7.1%} {overhead:9.1%} {'':>6s} [doc {_min(runs, 'doc_s'):.3f}]")
     for kind, runs in peers.items():
         peer_doc = _median(runs, "doc_s")
         print(f"{kind:10s} {_median(runs, 'cold_s'):8.3f} {peer_doc:8.3f} {runs[0]['calls']:6d} "
-              f"{runs[0]['output_tokens']:8d} {'':>7s} {'':>9s} {doc / peer_doc:6.2f}")
+              f"{runs[0]['output_tokens']:8d} {'':>7s} {'':>9s} {doc / peer_doc:6.2f} "
+              f"[{_min(ours, 'doc_s') / _min(runs, 'doc_s'):.2f}]")
     if variants and peers:
         base = _median(next(iter(variants.values())), "doc_s")
         print("ratio of gemmacli-noprefix to " + ", ".join(

@@ -27,9 +27,11 @@ STREAMS = {"short-prefill": [7, 3] + [1] * 34, "long-prefill": [40, 1, 1, 5, 1, 
 @pytest.fixture(scope="session")
 def optimum_dir(tiny_fp32_model_dir: Path) -> Path:
     """optimum's unmodified fp32 export of the tiny checkpoint (cached like the other fixtures)."""
+    from optimum.exporters.onnx import main_export
+
     checkpoint = tiny_fp32_model_dir / "source-checkpoint"
-    return build_cached("tiny-optimum-fp32",
-                        lambda folder: export._run_optimum(str(checkpoint), folder, False))
+    return build_cached("tiny-optimum-fp32", lambda folder: main_export(
+        str(checkpoint), output=folder, task="text-generation-with-past", device="cpu"))
 
 
 @pytest.fixture(scope="session")
