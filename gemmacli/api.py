@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gemmacli.decoder import DecodeOptions, decode
-from gemmacli.errors import ExtractionFailed, ModelError, SchemaError
+from gemmacli.errors import ExtractionFailed, ModelError, SchemaError, UsageError
 from gemmacli.grammar import TokenizerBuild, compile_grammar, json_options, new_matcher
 from gemmacli.prompt import Prompt, encode_prompt
 from gemmacli.schema import LoadedSchema, check_schema, join_pointer, schema_sha256
@@ -108,20 +108,16 @@ class Extractor:
         else:
             raise SchemaError(f"a schema must be a JSON object, not {type(schema).__name__}", pointer="")
         if max_tokens < 1:
-            raise ExtractionFailed(f"--max-tokens must be at least 1, not {max_tokens}")
+            raise UsageError(f"--max-tokens must be at least 1, not {max_tokens}")
         if temperature < 0 or not 0 < top_p <= 1:
-            raise ExtractionFailed("--temperature must be >= 0 and --top-p in (0, 1]")
+            raise UsageError("--temperature must be >= 0 and --top-p in (0, 1]")
         self.max_tokens = max_tokens
         self.instructions = instructions
         self.truncate = truncate
         self.options = DecodeOptions(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
         self.timings: dict[str, float] = {}
 
-        # llguidance's token table: built on a thread during the first prefill (gemmacli.grammar).
-        folder, config = self._model_folder(model)
-        self._tokenizer_build = TokenizerBuild(folder / "tokenizer.json", config.vocab_size,
-                                               list(config.eos_token_ids))
-
+        # The schema first: a bad schema is exit 3 before any model work.
         compile_schema, self.warnings = check_schema(self.schema, lenient=lenient,
                                                      options=json_options(pretty))
         for message in self.warnings:
@@ -129,6 +125,11 @@ class Extractor:
                 warn(message)
         self.grammar = compile_grammar(compile_schema, pretty=pretty)
         self._validate = _validator(self.schema)
+
+        # llguidance's token table: built on a thread during the first prefill (gemmacli.grammar).
+        folder, config = self._model_folder(model)
+        self._tokenizer_build = TokenizerBuild(folder / "tokenizer.json", config.vocab_size,
+                                               list(config.eos_token_ids))
 
         if isinstance(model, (str, Path)):
             from gemmacli.runtime import Model
@@ -141,7 +142,8 @@ class Extractor:
         manifest = getattr(self.model, "manifest", None) or {}
         self.model_name = str(manifest.get("name") or Path(self.model.folder).name)
         files = manifest.get("files")
-        self.model_sha256 = (
+        # The decoder graph's hash (gemmacli.runtime.Model.sha256), else a hash over the manifest's files.
+        self.model_sha256 = str(getattr(self.model, "sha256", "") or "") or (
             hashlib.sha256(json.dumps(files, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
             if files else ""
         )

@@ -508,9 +508,46 @@ def check_schema(
         pointer = locate_error(work, err, options)
         node = resolve_pointer(work, pointer) if pointer is not None else None
         fixed = lenient and isinstance(node, dict) and _lenient_fix(node, err, pointer or "", warnings)
+        if lenient and not fixed and ("oneOf" in err or "min/maxProperties" in err):
+            fixed = _loosen_subtree(work, pointer or "", err, warnings)
         if not fixed:
+            if "oneOf" in err and pointer:
+                pointer = _nearest_holding(work, pointer, "oneOf")
             raise SchemaError(_explain(err), pointer=pointer, hint=_hint(err))
     raise SchemaError("the grammar engine refused the schema (too many problems to drop)", pointer="")
+
+
+def _nearest_holding(root: dict, pointer: str, key: str) -> str:
+    """`pointer` or its nearest ancestor whose schema holds `key` (else `pointer` unchanged)."""
+    tokens = pointer.split("/")
+    for end in range(len(tokens), 0, -1):
+        candidate = "/".join(tokens[:end])
+        try:
+            node = resolve_pointer(root, candidate)
+        except KeyError:
+            continue
+        if isinstance(node, dict) and key in node:
+            return candidate
+    return pointer
+
+
+def _loosen_subtree(root: dict, pointer: str, err: str, warnings: list[str]) -> bool:
+    """--lenient for a refusal localised to a node that does not hold the keyword itself (a $ref target,
+    an additionalProperties): loosen the keyword under `pointer`, or failing that everywhere reachable."""
+    keys = ("oneOf",) if "oneOf" in err else ("minProperties", "maxProperties")
+    found = [(p, n) for p, n in _reachable(root, _Index(root)) if any(k in n for k in keys)]
+    inside = [(p, n) for p, n in found if p == pointer or p.startswith(pointer + "/")] or found
+    for where, node in inside:
+        if "oneOf" in keys:
+            node["anyOf"] = node.pop("oneOf")
+            warnings.append(f"'oneOf' at {where or '/'} decoded as 'anyOf' (branches may overlap); "
+                            "still validated")
+            continue
+        for key in keys:
+            if node.pop(key, None) is not None:
+                warnings.append(f"dropped '{key}' at {where or '/'}: not enforced while decoding, "
+                                "still validated")
+    return bool(inside)
 
 
 def _lenient_fix(node: dict, err: str, pointer: str, warnings: list[str]) -> bool:

@@ -238,3 +238,12 @@ def test_llguidance_tokenizer_is_built_once_per_process(model: Any) -> None:
     assert again.done() and again.result() is tokenizer and again.build_seconds == 0.0
     assert tokenizer.vocab_size == model.config.vocab_size
     assert sorted(tokenizer.eos_tokens) == sorted(model.config.eos_token_ids)
+
+
+def test_schema_is_checked_before_the_model_is_looked_up(tmp_path: Path) -> None:
+    with pytest.raises(SchemaError):
+        Extractor({"type": "object", "properties": {"a": {"type": "nope"}}}, model=tmp_path / "no-model")
+    from gemmacli.errors import ModelError
+
+    with pytest.raises(ModelError):
+        Extractor(SMALL, model=tmp_path / "no-model")

@@ -181,6 +181,20 @@ def test_overlapping_oneof_is_refused_then_coerced_under_lenient() -> None:
     check_schema(disjoint, lenient=False)
 
 
+def test_overlapping_oneof_found_through_refs_and_additional_properties() -> None:
+    recursive = {"$ref": "#/definitions/el", "definitions": {"el": {"type": "object", "properties": {
+        "c": {"oneOf": [{"$ref": "#/definitions/el"}, {"type": "object"}]}}}}}
+    assert refusal(recursive).pointer == "/definitions/el/properties/c"
+    _, warnings = check_schema(recursive, lenient=True)
+    assert warnings == ["'oneOf' at /definitions/el/properties/c decoded as 'anyOf' (branches may overlap); "
+                        "still validated"]
+    mapping = {"type": "object", "additionalProperties": {"oneOf": [{"type": "string"},
+                                                                     {"type": "string", "maxLength": 3}]}}
+    assert refusal(mapping).pointer == "/additionalProperties"
+    compiled, _ = check_schema(mapping, lenient=True)
+    assert "anyOf" in compiled["additionalProperties"]
+
+
 def test_unsupported_pattern_and_formats() -> None:
     schema = {"type": "object", "properties": {
         "a": {"type": "string", "pattern": "^(?=x)y"},
