@@ -7,8 +7,11 @@ seconds of:
             forward(cache, [token]) + logits(hidden) (the full 262144-way lm_head) per token;
   ours-io   the same graph run with IOBinding and preallocated, shared past/present buffers (the runtime
             change this benchmark proposes; see bench/README.md);
-  ours-i8h, ours-io-i8h  the same two with the lm_head's MatMulNBits at accuracy_level 4 (int8 compute,
-            as the builder's lm_head) instead of the export's fp32 compute;
+  ours-i8h, ours-io-i8h  the same two with the lm_head's MatMulNBits forced to accuracy_level 4 (int8
+            compute, as the builder's lm_head; the export now writes 4 itself);
+  ours-spin the runtime with onnxruntime's idle-thread spinning on (the runtime turns it off);
+  ours-pool, ours-io-pool  ours / ours-io with one process-wide thread pool shared by the decoder and
+            lm_head sessions (proposed runtime change, see bench/README.md);
   builder   the builder's INT4 graph of the same HF checkpoint, run by onnxruntime-genai (its own loop:
             shared KV buffer, 512-slot windowed cache on sliding layers, logits of the last position);
   unfused   (--unfused) the optimum graph with the same split and INT4 but no attention rewrite;
@@ -78,14 +81,49 @@ def _lm_head_int8_compute(model: Any) -> None:
                                           providers=["CPUExecutionProvider"])
 
 
+def _global_thread_pool(threads: int) -> None:
+    """Proposed runtime change: one process-wide onnxruntime thread pool shared by the decoder and lm_head
+    sessions (instead of one pool per session), so neither session's idle threads compete with the other's
+    work. Must run before the first session is created."""
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as C
+
+    import gemmacli.runtime as rt
+
+    C.set_global_thread_pool_sizes(threads, 1)
+    make_session = rt._session
+
+    def session(path: Path, threads: int | None, *, spin: bool) -> ort.InferenceSession:
+        original = ort.SessionOptions
+
+        class Shared(original):  # type: ignore[misc, valid-type]
+            def __init__(self) -> None:
+                super().__init__()
+                self.use_per_session_threads = False
+
+        ort.SessionOptions = Shared
+        try:
+            return make_session(path, None, spin=spin)
+        finally:
+            ort.SessionOptions = original
+
+    rt._session = session
+
+
 def worker_ours(model_dir: str, contexts: list[int], steps: int, threads: int, logits: bool,
-                lm_head_int8: bool = False) -> dict:
-    """gemmacli.runtime.Model exactly as the CLI uses it: forward() then the full lm_head per token."""
+                lm_head_int8: bool = False, spin: bool | None = None, pool: bool = False) -> dict:
+    """gemmacli.runtime.Model exactly as the CLI uses it: forward() then the full lm_head per token.
+
+    `spin` overrides the runtime's idle-thread spinning default (onnxruntime-genai leaves onnxruntime's
+    default, spinning on).
+    """
     import numpy as np
 
     from gemmacli.runtime import Model
 
-    model = Model(Path(model_dir), threads=threads)
+    if pool:
+        _global_thread_pool(threads)
+    model = Model(Path(model_dir), threads=threads, **({} if spin is None else {"spin": spin}))
     if lm_head_int8:
         _lm_head_int8_compute(model)
     model.forward(model.new_cache(), _prompt(8))  # warm-up: first-run allocations
@@ -107,7 +145,7 @@ def worker_ours(model_dir: str, contexts: list[int], steps: int, threads: int, l
 
 
 def worker_iobinding(model_dir: str, contexts: list[int], steps: int, threads: int, logits: bool,
-                     lm_head_int8: bool = False) -> dict:
+                     lm_head_int8: bool = False, pool: bool = False) -> dict:
     """Prototype of the proposed runtime: IOBinding, one preallocated buffer per cache input, shared
     between past and present (GQA's past_present_share_buffer), so no step copies the KV cache.
 
@@ -119,6 +157,8 @@ def worker_iobinding(model_dir: str, contexts: list[int], steps: int, threads: i
 
     from gemmacli.runtime import Model
 
+    if pool:
+        _global_thread_pool(threads)
     model = Model(Path(model_dir), threads=threads)
     if lm_head_int8:
         _lm_head_int8_compute(model)
@@ -205,6 +245,9 @@ WORKERS = {
     "ours-io": worker_iobinding,
     "ours-i8h": lambda *a: worker_ours(*a, lm_head_int8=True),
     "ours-io-i8h": lambda *a: worker_iobinding(*a, lm_head_int8=True),
+    "ours-spin": lambda *a: worker_ours(*a, spin=True),
+    "ours-pool": lambda *a: worker_ours(*a, pool=True),
+    "ours-io-pool": lambda *a: worker_iobinding(*a, pool=True),
     "builder": worker_builder,
     "unfused": worker_ours,
 }

@@ -7,7 +7,8 @@ For every schema in ../shared/jsonschemabench it records:
   lenient      the same under --lenient
 and with --decode MODEL also runs the whole extraction on each accepted schema (the tiny model is the
 intended one): valid (output validated), budget (the random model ran out of --max-tokens: ExtractionFailed,
-never output), rejected (decoded but failed jsonschema validation: ExtractionFailed, never output).
+never output), engine (llguidance gave up mid-way, e.g. its lexer limit: ExtractionFailed, never output),
+rejected (decoded but failed jsonschema validation: ExtractionFailed, never output).
 
     .venv/bin/python bench/sweep_schemas.py                       # coverage only (~3 min on 2 cores)
     .venv/bin/python bench/sweep_schemas.py --decode .cache/test-models/<key>/tiny-int4 --max-tokens 96
@@ -104,7 +105,8 @@ def main() -> None:
                 row["outcome"] = "valid"
                 row["text"] = result.text
             except ExtractionFailed as exc:
-                row["outcome"] = "budget" if "--max-tokens" in exc.message else "rejected"
+                row["outcome"] = ("budget" if "--max-tokens" in exc.message
+                                  else "rejected" if "does not validate" in exc.message else "engine")
                 row["error"] = exc.message[:300]
             except SchemaError as exc:
                 row["outcome"] = "refused"
@@ -113,7 +115,7 @@ def main() -> None:
         rows.append(row)
     elapsed = time.perf_counter() - start
 
-    decode_cols = ["valid", "budget", "rejected"] if model is not None else []
+    decode_cols = ["valid", "budget", "engine", "rejected"] if model is not None else []
     header = f"{'subset':24s} {'n':>5s} {'llguidance':>11s} {'strict':>8s} {'lenient':>8s}"
     header += "".join(f" {c:>8s}" for c in decode_cols)
     print(header)

@@ -182,7 +182,9 @@ def decode(
         out.append(token)
         pending.append(token)
     if not matcher.is_accepting():
-        raise fail("the grammar stopped before the JSON was complete")
+        error = (matcher.get_error() or "").strip().split("\n")[0][:200]
+        raise fail(f"the grammar engine gave up before the JSON was complete ({matcher.stop_reason()}"
+                   f"{': ' + error if error else ''}); the schema is too complex for it at this point")
     try:
         text = tokenizer.decode_bytes(out).decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:  # the JSON grammar only completes on whole characters

@@ -49,7 +49,8 @@ def model(tiny_model_dir: Path) -> Any:
 
 
 def run_one(model: Any, schema: Any, *, lenient: bool = False) -> tuple[str, str]:
-    """(outcome, detail): outcome is valid | refused | budget | rejected (validation failed, not output)."""
+    """(outcome, detail): valid | refused | budget | engine (llguidance gave up mid-way: not output) |
+    rejected (validation failed: not output)."""
     try:
         extractor = Extractor(schema, model=model, max_tokens=MAX_TOKENS, lenient=lenient)
     except SchemaError as exc:
@@ -62,6 +63,8 @@ def run_one(model: Any, schema: Any, *, lenient: bool = False) -> tuple[str, str
             return "budget", exc.message
         if "does not validate" in exc.message:
             return "rejected", exc.message
+        if "grammar engine gave up" in exc.message:
+            return "engine", exc.message
         raise
     jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)(schema).validate(
         result.data)
