@@ -12,6 +12,7 @@ seconds of:
   ours-spin the runtime with onnxruntime's idle-thread spinning on (the runtime turns it off);
   ours-pool, ours-io-pool  ours / ours-io with one process-wide thread pool shared by the decoder and
             lm_head sessions (proposed runtime change, see bench/README.md);
+  patched   like ours, with gemmacli.runtime.Model taken from --runtime FILE (a candidate runtime.py);
   builder   the builder's INT4 graph of the same HF checkpoint, run by onnxruntime-genai (its own loop:
             shared KV buffer, 512-slot windowed cache on sliding layers, logits of the last position);
   unfused   (--unfused) the optimum graph with the same split and INT4 but no attention rewrite;
@@ -43,6 +44,7 @@ OUT = HERE / "out"
 BUILDER_VENV = HERE / ".venv-builder"
 BUILDER_PY = BUILDER_VENV / "bin" / "python"
 DEFAULT_MODEL = "bench"
+RUNTIME_FILE: Path | None = None
 TOKEN_RANGE = (300, 4000)  # ordinary (non-special) ids that exist in every synth vocabulary
 
 
@@ -121,6 +123,15 @@ def worker_ours(model_dir: str, contexts: list[int], steps: int, threads: int, l
 
     from gemmacli.runtime import Model
 
+    if os.environ.get("GEMMACLI_BENCH_RUNTIME"):  # kind `patched`: a candidate runtime.py to compare
+        import importlib.util
+
+        candidate = os.environ["GEMMACLI_BENCH_RUNTIME"]
+        spec = importlib.util.spec_from_file_location("candidate_runtime", candidate)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules["candidate_runtime"] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        Model = module.Model
     if pool:
         _global_thread_pool(threads)
     model = Model(Path(model_dir), threads=threads, **({} if spin is None else {"spin": spin}))
@@ -248,6 +259,7 @@ WORKERS = {
     "ours-spin": lambda *a: worker_ours(*a, spin=True),
     "ours-pool": lambda *a: worker_ours(*a, pool=True),
     "ours-io-pool": lambda *a: worker_iobinding(*a, pool=True),
+    "patched": worker_ours,  # with --runtime FILE
     "builder": worker_builder,
     "unfused": worker_ours,
 }
@@ -345,6 +357,8 @@ def measure(kind: str, model_dir: Path, contexts: list[int], steps: int, threads
     python = str(BUILDER_PY) if kind == "builder" else sys.executable
     args = json.dumps([str(model_dir), contexts, steps, threads, logits])
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if kind == "patched":
+        env["GEMMACLI_BENCH_RUNTIME"] = str(RUNTIME_FILE)
     proc = subprocess.run([python, __file__, "--worker", kind, args], capture_output=True, text=True,
                           env=env, cwd=ROOT)
     if proc.returncode != 0:
@@ -368,6 +382,7 @@ def main() -> None:
     parser.add_argument("--unfused", action="store_true", help="also measure the unfused optimum graph")
     parser.add_argument("--no-logits", action="store_true", help="ours: skip the lm_head (decoder only)")
     parser.add_argument("--json", type=Path, help="write all raw timings here")
+    parser.add_argument("--runtime", type=Path, help="kind `patched` runs this candidate gemmacli/runtime.py")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("worker_args", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -376,10 +391,12 @@ def main() -> None:
         print(json.dumps(WORKERS[args.worker](*json.loads(args.worker_args))))
         return
 
+    global RUNTIME_FILE
+    RUNTIME_FILE = args.runtime.resolve() if args.runtime else None
     contexts = [int(c) for c in args.contexts.split(",")]
     kinds = [k for k in args.kinds.split(",") if k] + (["unfused"] if args.unfused else [])
     model_dir = ensure_model(args.model)
-    folders: dict[str, Path] = {k: model_dir for k in WORKERS if k.startswith("ours")}
+    folders: dict[str, Path] = {k: model_dir for k in WORKERS if k.startswith("ours") or k == "patched"}
     if "builder" in kinds or "unfused" in kinds:
         checkpoint = args.checkpoint or (None if args.builder and "unfused" not in kinds
                                          else source_checkpoint(model_dir))
@@ -420,11 +437,8 @@ def main() -> None:
             print(f"  {kind}: {folder}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": vars(args) | {"builder": str(args.builder),
-                                                               "checkpoint": str(args.checkpoint),
-                                                               "json": str(args.json)},
-                                         "folders": {k: str(v) for k, v in folders.items()},
-                                         "raw": raw}, indent=1))
+        args.json.write_text(json.dumps({"args": vars(args), "folders": folders, "raw": raw},
+                                        indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -113,6 +113,19 @@ def test_fused_graph_matches_optimum_graph(optimum_dir: Path, hf_config: dict, w
                      steps=steps)
 
 
+def test_window_cache_with_slack_rows_matches(optimum_dir: Path, hf_config: dict) -> None:
+    """A window cache larger than the window evicts in batches; the numbers must not change."""
+    window = hf_config["sliding_window"]
+    fused = fuse_attention(_split(optimum_dir), hf_config, window_cache_rows=2 * window)
+    reference, runner = _Runner(_split(optimum_dir)), _Runner(fused)
+    for ids in _token_stream(hf_config["vocab_size"], STREAMS["short-prefill"] + [1] * 20):
+        np.testing.assert_allclose(runner.step(ids)[0], reference.step(ids)[0], atol=1e-4, rtol=1e-4)
+    assert all(v.shape[2] == 2 * window for k, v in runner.cache.items()
+               if int(k.split(".")[1]) not in _full_layers(hf_config))
+    with pytest.raises(FuseError, match="below the sliding window"):
+        fuse_attention(_split(optimum_dir), hf_config, window_cache_rows=window - 1)
+
+
 def test_exported_model_is_fused_and_matches(tiny_fp32_model_dir: Path, optimum_dir: Path,
                                              hf_config: dict) -> None:
     """What `gemmacli model export` writes (fuse inside the pipeline) is the fused graph, and is right."""
