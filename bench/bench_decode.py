@@ -432,6 +432,11 @@ def main() -> None:
             ratios = "".join(f"{med(kind, c, 'decode_ms') / med('builder', c, 'decode_ms'):>13.2f}"
                              for c in contexts)
             print(f"{kind + '/bld':<10}{ratios}")
+        ours = [c for c in contexts if med("ours", c, "decode_ms") <= 1.1 * med("builder", c, "decode_ms")] \
+            if "ours" in kinds else []
+        if "ours" in kinds:
+            print(f"issue-2 target (ours within 10% of builder): met at {ours or 'no context'} "
+                  f"of {contexts}")
     for kind, folder in folders.items():
         if kind in kinds:
             print(f"  {kind}: {folder}")

@@ -288,9 +288,9 @@ def main() -> None:
     print(f"gemmacli output: {ours[0]['text']}")
     for kind, runs in peers.items():
         print(f"{kind} output: {runs[0]['text']}")
-    print(f"llguidance tokenizer build {_median(ours, 'tokenizer_build_s'):.3f} s, first document waited "
-          f"{_median(ours, 'tokenizer_wait_s'):.3f} s for it; "
-          f"model load {_median(ours, 'model_load_s'):.3f} s")
+    print(f"llguidance tokenizer build {_median(ours, 'tokenizer_build_s'):.3f} s (on a thread during the "
+          f"first prefill; it holds the GIL, so any wait shows inside that prefill: join waited "
+          f"{_median(ours, 'tokenizer_wait_s'):.3f} s); model load {_median(ours, 'model_load_s'):.3f} s")
     head = raw["lm_head"]
     rows = ", ".join(f"{k[5:-3]} rows {v:.3f}" for k, v in head.items() if k.startswith("rows_"))
     print(f"lm_head ms: full {head['full_ms']:.3f} | logits_for: {rows}")
