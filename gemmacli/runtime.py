@@ -42,6 +42,8 @@ the cache as onnxruntime OrtValues, fed straight back without copies through num
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +81,8 @@ class KVCache:
     values: dict[str, Any] = field(default_factory=dict)  # numpy buffers (shared) or OrtValues (copying)
     length: int = 0
     growable: frozenset[str] = frozenset()
+    # forward()'s IOBinding with these buffers bound (shared mode), kept across steps; None: bind afresh.
+    bound: _CacheBinding | None = field(default=None, repr=False, compare=False)
 
     def copy(self) -> KVCache:
         """A snapshot: forward() writes shared buffers in place, so a snapshot owns copies of them."""
@@ -94,6 +98,28 @@ class KVCache:
                 grown = np.zeros((*buf.shape[:2], rows, buf.shape[3]), dtype=buf.dtype)
                 grown[:, :, : self.length] = buf[:, :, : self.length]
                 self.values[name] = grown
+                self.bound = None  # the binding holds the old buffer
+
+
+class _CacheBinding:
+    """One decoder IOBinding per cache, reused step after step: every past input and its present output
+    bound once to the cache's buffer; per step only input_ids (a one-token step writes its id into a bound
+    array), attention_mask and the hidden output are (re)bound."""
+
+    __slots__ = ("binding", "buffers", "one_id", "one_id_bound", "one_id_value")
+
+    def __init__(self, session: ort.InferenceSession, cache: KVCache,
+                 past_for_present: Mapping[str, str]) -> None:
+        self.binding = session.io_binding()
+        self.buffers = {}  # OrtValues over the cache's numpy buffers, alive as long as the binding
+        for present, past in past_for_present.items():
+            value = ort.OrtValue.ortvalue_from_numpy(cache.values[past])
+            self.buffers[past] = value
+            self.binding.bind_ortvalue_input(past, value)
+            self.binding.bind_ortvalue_output(present, value)
+        self.one_id = np.zeros((1, 1), dtype=np.int64)
+        self.one_id_value = ort.OrtValue.ortvalue_from_numpy(self.one_id)
+        self.one_id_bound = False
 
 
 class _LmHeadRows:
@@ -208,6 +234,21 @@ class Model:
         if missing:
             raise ModelError(f"{folder / DECODER_FILE}: no cache inputs for {missing}")
         self._lm_head_input = self._lm_head.get_inputs()[0].name
+        self._has_mask = "attention_mask" in self._inputs
+        self._has_positions = "position_ids" in self._inputs
+        self._ones = np.ones(4096, dtype=np.int64)
+        hidden_meta = next(o for o in self._decoder.get_outputs() if o.name == self._hidden_output)
+        self._hidden_shape = _static_row_shape(hidden_meta.shape)
+        self._lm_head_output = self._lm_head.get_outputs()[0].name
+        self._logits_shape = _static_row_shape(self._lm_head.get_outputs()[0].shape)
+        lm_input_shape = _static_row_shape(self._lm_head.get_inputs()[0].shape)
+        self._lm_lock = threading.Lock()
+        self._lm_binding: Any = None
+        if self._logits_shape is not None and lm_input_shape is not None:
+            self._lm_input = np.zeros(lm_input_shape, dtype=np.float32)
+            self._lm_binding = self._lm_head.io_binding()
+            self._lm_binding.bind_ortvalue_input(self._lm_head_input,
+                                                 ort.OrtValue.ortvalue_from_numpy(self._lm_input))
         import onnx  # graph structure only (no weights): is the attention GroupQueryAttention?
 
         graph = onnx.load(str(folder / DECODER_FILE), load_external_data=False).graph
@@ -245,32 +286,57 @@ class Model:
         if count == 0:
             raise ValueError("forward needs at least one token")
         past = cache.length
-        ids = np.asarray(token_ids, dtype=np.int64).reshape(1, count)
-        mask = np.ones((1, past + count), dtype=np.int64)
         try:
             if self._shared_kv:
-                hidden = self._forward_shared(cache, ids, mask)
+                hidden = self._forward_shared(cache, token_ids, count)
             else:
-                hidden = self._forward_copying(cache, ids, mask)
+                ids = np.asarray(token_ids, dtype=np.int64).reshape(1, count)
+                hidden = self._forward_copying(cache, ids, np.ones((1, past + count), dtype=np.int64))
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"{self.folder / DECODER_FILE} failed to run: {exc}") from exc
         cache.length = past + count
         return np.asarray(hidden, dtype=np.float32).reshape(-1)
 
-    def _forward_shared(self, cache: KVCache, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """IOBinding with past and present bound to one buffer: GroupQueryAttention appends in place."""
-        cache.reserve(cache.length + ids.shape[1])
-        binding = self._decoder.io_binding()
-        binding.bind_output(self._hidden_output, "cpu")  # first: get_outputs() follows binding order
-        binding.bind_cpu_input("input_ids", ids)
-        if "attention_mask" in self._inputs:
-            binding.bind_cpu_input("attention_mask", mask)
-        for present, past in self._past_for_present.items():
-            value = ort.OrtValue.ortvalue_from_numpy(cache.values[past])  # wraps the numpy memory
-            binding.bind_ortvalue_input(past, value)
-            binding.bind_ortvalue_output(present, value)
+    def _forward_shared(self, cache: KVCache, token_ids: Sequence[int], count: int) -> np.ndarray:
+        """IOBinding with past and present bound to one buffer: GroupQueryAttention appends in place.
+
+        The cache's binding is reused across steps (see _CacheBinding), the attention mask is a view of
+        one preallocated array of ones, and the hidden state is written straight into the array returned.
+        """
+        total = cache.length + count
+        cache.reserve(total)
+        bound = cache.bound
+        if bound is None:
+            bound = cache.bound = _CacheBinding(self._decoder, cache, self._past_for_present)
+        binding = bound.binding
+        if count == 1:
+            bound.one_id[0, 0] = token_ids[0]
+            if not bound.one_id_bound:
+                binding.bind_ortvalue_input("input_ids", bound.one_id_value)
+                bound.one_id_bound = True
+        else:
+            ids = np.asarray(token_ids, dtype=np.int64).reshape(1, count)
+            binding.bind_ortvalue_input("input_ids", ort.OrtValue.ortvalue_from_numpy(ids))
+            bound.one_id_bound = False
+        if self._has_mask:
+            binding.bind_ortvalue_input("attention_mask", ort.OrtValue.ortvalue_from_numpy(self._mask(total)))
+        if self._has_positions:
+            positions = np.arange(cache.length, total, dtype=np.int64).reshape(1, -1)
+            binding.bind_ortvalue_input("position_ids", ort.OrtValue.ortvalue_from_numpy(positions))
+        if self._hidden_shape is None:  # hidden output of unknown shape: onnxruntime allocates it
+            binding.bind_output(self._hidden_output, "cpu")  # bound after the presents: the last output
+            self._decoder.run_with_iobinding(binding)
+            return binding.get_outputs()[len(self._present_outputs)].numpy()
+        hidden = np.empty(self._hidden_shape, dtype=np.float32)
+        binding.bind_ortvalue_output(self._hidden_output, ort.OrtValue.ortvalue_from_numpy(hidden))
         self._decoder.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()
+        return hidden
+
+    def _mask(self, total: int) -> np.ndarray:
+        """attention_mask [1, total] of ones: a view of one preallocated array (the graph only reads it)."""
+        if self._ones.shape[0] < total:
+            self._ones = np.ones(max(total, 2 * self._ones.shape[0]), dtype=np.int64)
+        return self._ones[:total].reshape(1, total)
 
     def _forward_copying(self, cache: KVCache, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Graphs without GroupQueryAttention (a Concat-attention graph's present is past + new)."""
@@ -288,8 +354,18 @@ class Model:
 
     def logits(self, hidden: np.ndarray) -> np.ndarray:
         hidden_2d = np.asarray(hidden, dtype=np.float32).reshape(1, -1)
-        (logits,) = self._lm_head.run(None, {self._lm_head_input: hidden_2d})
-        return np.asarray(logits, dtype=np.float32).reshape(-1)
+        if self._lm_binding is None:  # the lm_head's shapes are not static: a plain run
+            (logits,) = self._lm_head.run(None, {self._lm_head_input: hidden_2d})
+            return np.asarray(logits, dtype=np.float32).reshape(-1)
+        # One IOBinding for the model's life: the input bound once to a preallocated [1, H] array, the output
+        # rebound per call to a fresh array that onnxruntime writes into (returned: the caller owns it).
+        logits = np.empty(self._logits_shape, dtype=np.float32)
+        with self._lm_lock:
+            self._lm_input[...] = hidden_2d
+            output = ort.OrtValue.ortvalue_from_numpy(logits)
+            self._lm_binding.bind_ortvalue_output(self._lm_head_output, output)
+            self._lm_head.run_with_iobinding(self._lm_binding)
+        return logits.reshape(-1)
 
     def logits_for(self, hidden: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
         if self._rows is None:
@@ -329,6 +405,13 @@ class Model:
         return generated
 
 
+def _static_row_shape(shape: Sequence[Any]) -> tuple[int, int] | None:
+    """(1, N) for a [batch, N] tensor with a fixed N, else None."""
+    if len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0:
+        return (1, shape[1])
+    return None
+
+
 def _ortvalue(array: np.ndarray, meta: Any) -> ort.OrtValue:
     wanted = _NUMPY_TYPES.get(meta.type)
     if wanted is not None and array.dtype != wanted:
@@ -336,6 +419,10 @@ def _ortvalue(array: np.ndarray, meta: Any) -> ort.OrtValue:
     return ort.OrtValue.ortvalue_from_numpy(array)
 
 
+#: Set by the `gemmacli` executable's entry point (and so inherited by its batch workers). Once a
+#: process-wide pool exists, every later onnxruntime session of the process must opt out of per-session
+#: threads, a library user's or optimum's included: only a process that is wholly gemmacli's may have one.
+PROCESS_POOL_ENV = "GEMMACLI_PROCESS_THREAD_POOL"
 _GLOBAL_POOL_THREADS: int | None = None  # threads of the process-wide pool, once created; -1: unavailable
 
 
@@ -345,19 +432,29 @@ def _use_global_pool(threads: int | None) -> bool:
     They run one after the other, so one pool serves both; with a pool per session the idle (spinning or
     waking) threads of one slowed the other (measured here, 270m, 2 threads, 64 tokens of context:
     14.6-18.3 -> 11.4-11.5 ms per token, decoder step + full lm_head). The pool size is fixed by the first
-    Model of the process; a later Model asking for another size gets per-session pools.
+    Model of the process; a later Model asking for another size shares it all the same: once a process has
+    global pools, onnxruntime refuses every session with per-session threads ("use_per_session_threads
+    must be false when using a global thread pool").
     """
     global _GLOBAL_POOL_THREADS
-    wanted = threads or 0  # 0: onnxruntime's default (one thread per physical core)
     if _GLOBAL_POOL_THREADS is None:
+        if os.environ.get(PROCESS_POOL_ENV) != "1":
+            return False
         try:
             from onnxruntime.capi import onnxruntime_pybind11_state as C
-
-            C.set_global_thread_pool_sizes(wanted, 1)
-            _GLOBAL_POOL_THREADS = wanted
-        except Exception:
+        except ImportError:
             _GLOBAL_POOL_THREADS = -1
-    return wanted == _GLOBAL_POOL_THREADS
+            return False
+        wanted = threads or 0  # 0: onnxruntime's default (one thread per physical core)
+        try:
+            C.set_global_thread_pool_sizes(wanted, 1)
+        except AttributeError:  # an onnxruntime without the call
+            _GLOBAL_POOL_THREADS = -1
+            return False
+        except Exception:  # "Global thread pools have already been created" (elsewhere in the process)
+            pass
+        _GLOBAL_POOL_THREADS = wanted
+    return _GLOBAL_POOL_THREADS != -1
 
 
 def _session(path: Path, threads: int | None, *, spin: bool) -> ort.InferenceSession:

@@ -22,12 +22,8 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:
-    # Each module adds its own subparser(s); imports are local so `gemmacli --help` stays fast.
-    for name in ("extract_cmd", "check_cmd", "schema_cmd", "model_cmd", "completion"):
-        try:
-            module = __import__(f"gemmacli.cli.{name}", fromlist=["register"])
-        except ModuleNotFoundError as exc:  # a command still being built
-            if exc.name != f"gemmacli.cli.{name}":
-                raise
-            continue
+    """Each command module adds its own subparser(s), in the order `--help` lists them."""
+    from gemmacli.cli import check_cmd, completion, extract_cmd, model_cmd, schema_cmd
+
+    for module in (extract_cmd, check_cmd, schema_cmd, model_cmd, completion):
         module.register(sub)

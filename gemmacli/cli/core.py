@@ -135,4 +135,6 @@ def _silence_stdout(env: Environment) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The executable: this process is gemmacli's alone, so its models may share one thread pool."""
+    os.environ.setdefault("GEMMACLI_PROCESS_THREAD_POOL", "1")  # gemmacli.runtime.PROCESS_POOL_ENV
     sys.exit(int(raw_main(argv, Environment())))
