@@ -75,12 +75,18 @@ def _lm_head_int8_compute(model: Any) -> None:
                 if attr.name == "accuracy_level":
                     node.attribute.remove(attr)
             node.attribute.append(onnx.helper.make_attribute("accuracy_level", 4))
+    import gemmacli.runtime as rt
+
     options = ort.SessionOptions()
-    options.intra_op_num_threads = model.threads or 0
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if rt._use_global_pool(model.threads):  # a process with global pools refuses per-session ones
+        options.use_per_session_threads = False
+    else:
+        options.intra_op_num_threads = model.threads or 0
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     model._lm_head = ort.InferenceSession(proto.SerializeToString(), options,
                                           providers=["CPUExecutionProvider"])
+    model._lm_binding = None  # the runtime's bound lm_head belongs to the replaced session
 
 
 def _global_thread_pool(threads: int) -> None:
@@ -257,6 +263,7 @@ WORKERS = {
     "ours-i8h": lambda *a: worker_ours(*a, lm_head_int8=True),
     "ours-io-i8h": lambda *a: worker_iobinding(*a, lm_head_int8=True),
     "ours-spin": lambda *a: worker_ours(*a, spin=True),
+    "ours-nopool": worker_ours,  # run with GEMMACLI_PROCESS_THREAD_POOL=0 (see measure)
     "ours-pool": lambda *a: worker_ours(*a, pool=True),
     "ours-io-pool": lambda *a: worker_iobinding(*a, pool=True),
     "patched": worker_ours,  # with --runtime FILE
@@ -357,6 +364,11 @@ def measure(kind: str, model_dir: Path, contexts: list[int], steps: int, threads
     python = str(BUILDER_PY) if kind == "builder" else sys.executable
     args = json.dumps([str(model_dir), contexts, steps, threads, logits])
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    # The gemmacli executable turns on the runtime's process-wide thread pool (gemmacli.cli.core.main);
+    # `ours` measures the runtime as the CLI runs it, `ours-nopool` as a library caller gets it by default.
+    env.setdefault("GEMMACLI_PROCESS_THREAD_POOL", "1")
+    if kind == "ours-nopool":
+        env["GEMMACLI_PROCESS_THREAD_POOL"] = "0"
     if kind == "patched":
         env["GEMMACLI_BENCH_RUNTIME"] = str(RUNTIME_FILE)
     proc = subprocess.run([python, __file__, "--worker", kind, args], capture_output=True, text=True,

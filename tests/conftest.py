@@ -97,3 +97,11 @@ def tiny_hub_repo_dir(tiny_fp32_model_dir: Path) -> Path:
 
     checkpoint = tiny_fp32_model_dir / "source-checkpoint"
     return build_cached("tiny-hub-repo", lambda folder: build_hub_layout(checkpoint, folder))
+
+
+@pytest.fixture(autouse=True)
+def _no_checkout_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models a developer keeps in ./onnx_models must not leak into any test's search path."""
+    from gemmacli import store
+
+    monkeypatch.setattr(store, "checkout_models_dir", lambda: None)

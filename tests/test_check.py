@@ -20,11 +20,11 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from io import BytesIO, StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli import run_cli  # tests/cli.py
 
 import gemmacli.api
 from gemmacli.cache import ResultCache, atomic_write_bytes, default_cache_dir
@@ -38,8 +38,6 @@ from gemmacli.check import (
     evaluate,
     load_policy,
 )
-from gemmacli.cli.core import raw_main
-from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, SchemaError
 from gemmacli.inputs import collect_sources
 from gemmacli.schema import check_schema, load_schema
@@ -92,13 +90,9 @@ def fake_model_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def run_cli(argv: list[str], cache_home: Path, stdin: bytes = b"") -> tuple[ExitStatus, bytes, str]:
-    stdout, stderr = BytesIO(), StringIO()
-    env = Environment(stdin=BytesIO(stdin), stdout=stdout, stderr=stderr, stdin_isatty=False,
-                      stdout_isatty=False, stderr_isatty=False,
-                      environ={"XDG_CACHE_HOME": str(cache_home), "NO_COLOR": "1"})
-    status = raw_main(argv, env)
-    return status, stdout.getvalue(), stderr.getvalue()
+def run_check(argv: list[str], cache_home: Path, stdin: bytes = b"") -> tuple[ExitStatus, bytes, str]:
+    result = run_cli(argv, stdin, environ={"XDG_CACHE_HOME": str(cache_home), "NO_COLOR": "1"})
+    return ExitStatus(result.status), result.stdout, result.stderr
 
 
 @pytest.fixture()
@@ -112,7 +106,7 @@ def fake_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     def run(*args: str, stdin: bytes = b"") -> tuple[ExitStatus, bytes, str]:
         argv = ["check", "--schema", str(PII_SCHEMA), "--policy", str(NO_PII_POLICY),
                 "--model", str(model), *args]
-        return run_cli(argv, cache_home, stdin=stdin)
+        return run_check(argv, cache_home, stdin=stdin)
 
     return run
 
@@ -459,7 +453,7 @@ def real_cli(real_model: Path, tmp_path: Path):
     def run(policy: str, *args: str) -> tuple[ExitStatus, bytes, str]:
         argv = ["check", "--schema", str(schema_file), "--policy", str(policies[policy]),
                 "--model", str(real_model), "--max-tokens", "64", *args]
-        return run_cli(argv, cache_home)
+        return run_check(argv, cache_home)
 
     return run
 

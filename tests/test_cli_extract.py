@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +21,12 @@ import jsonschema
 import pytest
 
 from gemmacli.cli import extract_cmd
-from gemmacli.cli.core import raw_main
-from gemmacli.env import Environment
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))
+from cli import run_cli  # noqa: E402
 from test_batch import FakeExtractor, fake_factory  # noqa: E402
-
-
-@dataclass
-class Result:
-    status: int
-    stdout: bytes
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-    def records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stdout.decode().splitlines()]
 
 
 class NoStdin(io.BytesIO):
@@ -51,29 +36,7 @@ class NoStdin(io.BytesIO):
         raise AssertionError("the CLI read stdin although it is a terminal and no input was named")
 
 
-def run(
-    argv: list[str],
-    stdin: bytes | io.BytesIO = b"",
-    *,
-    stdin_isatty: bool = False,
-    stdout_isatty: bool = False,
-    stderr_isatty: bool = False,
-    environ: dict[str, str] | None = None,
-    stdout: Any = None,
-) -> Result:
-    out = stdout if stdout is not None else io.BytesIO()
-    err = io.StringIO()
-    env = Environment(
-        stdin=stdin if isinstance(stdin, io.BytesIO) else io.BytesIO(stdin),
-        stdout=out,
-        stderr=err,
-        stdin_isatty=stdin_isatty,
-        stdout_isatty=stdout_isatty,
-        stderr_isatty=stderr_isatty,
-        environ={} if environ is None else environ,
-    )
-    status = raw_main(argv, env)
-    return Result(int(status), out.getvalue() if hasattr(out, "getvalue") else b"", err.getvalue())
+run = run_cli
 
 
 # ------------------------------------------------------------------------------- with a fake extractor

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import subprocess
@@ -10,9 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-
-from gemmacli.cli.core import raw_main
-from gemmacli.env import Environment
+from cli import run_cli  # tests/cli.py
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = Path(__file__).resolve().parent / "examples"
@@ -21,18 +18,8 @@ BUNDLED = ["contact", "entities", "invoice", "meeting", "routing", "sentiment", 
 
 
 def run(argv: list[str], *, stdout_isatty: bool = False) -> tuple[int, str, str]:
-    out, err = io.BytesIO(), io.StringIO()
-    env = Environment(
-        stdin=io.BytesIO(),
-        stdout=out,
-        stderr=err,
-        stdin_isatty=False,
-        stdout_isatty=stdout_isatty,
-        stderr_isatty=False,
-        environ={},
-    )
-    status = raw_main(argv, env)
-    return int(status), out.getvalue().decode(), err.getvalue()
+    result = run_cli(argv, stdout_isatty=stdout_isatty)
+    return result.status, result.stdout.decode(), result.stderr
 
 
 def test_list_names_every_bundled_schema_with_its_description() -> None:
@@ -150,16 +137,6 @@ def test_every_bundled_schema_runs_end_to_end_on_its_example(
     monkeypatch.chdir(tmp_path)
     outcomes = {}
     for name in BUNDLED:
-        out, err = io.BytesIO(), io.StringIO()
-        env = Environment(
-            stdin=io.BytesIO(),
-            stdout=out,
-            stderr=err,
-            stdin_isatty=False,
-            stdout_isatty=False,
-            stderr_isatty=False,
-            environ={},
-        )
         argv = [
             "extract",
             "--schema",
@@ -171,8 +148,8 @@ def test_every_bundled_schema_runs_end_to_end_on_its_example(
             "256",
             "--records",
         ]
-        status = raw_main(argv, env)
-        record = json.loads(out.getvalue())
+        result = run_cli(argv)
+        status, record = result.status, result.json()
         outcomes[name] = record["ok"]
         if record["ok"]:
             assert status == 0

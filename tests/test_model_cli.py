@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli import run_cli  # tests/cli.py
 
 from gemmacli import store
-from gemmacli.cli.core import raw_main
-from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, ModelError
 from gemmacli.synth import CHECKPOINT_DIR
 
 
-@pytest.fixture(autouse=True)
-def _no_checkout_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Models a developer keeps in ./onnx_models must not leak into these tests' search path."""
-    monkeypatch.setattr(store, "checkout_models_dir", lambda: None)
-
-
 def run(argv: list[str], environ: dict[str, str]) -> tuple[ExitStatus, str, str]:
-    stdout, stderr = io.BytesIO(), io.StringIO()
-    env = Environment(stdin=io.BytesIO(), stdout=stdout, stderr=stderr, environ=environ)
-    status = raw_main(argv, env)
-    return status, stdout.getvalue().decode(), stderr.getvalue()
+    result = run_cli(argv, environ=environ)
+    return ExitStatus(result.status), result.stdout.decode(), result.stderr
 
 
 @pytest.fixture

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import pytest
+from cli import run_cli  # tests/cli.py
 from tokenizers import Tokenizer
 
-from gemmacli.cli.core import raw_main
-from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus
 from gemmacli.synth import (
     CHECKPOINT_DIR,
@@ -72,14 +70,13 @@ def test_synth_keeps_its_checkpoint_and_records_it(tiny_model_dir: Path) -> None
 
 def test_synth_command_builds_a_loadable_model(tmp_path: Path) -> None:
     pytest.importorskip("optimum")
-    stdout, stderr = io.BytesIO(), io.StringIO()
-    env = Environment(stdin=io.BytesIO(), stdout=stdout, stderr=stderr,
-                      environ={"GEMMACLI_MODELS": str(tmp_path), "HOME": str(tmp_path), "NO_COLOR": "1"})
-    status = raw_main(["model", "synth", "mini", "--size", "tiny", "--precision", "fp32"], env)
-    assert status == ExitStatus.OK, stderr.getvalue()
-    assert stdout.getvalue().decode().strip() == str(tmp_path / "mini")
+    result = run_cli(["model", "synth", "mini", "--size", "tiny", "--precision", "fp32"],
+                     environ={"GEMMACLI_MODELS": str(tmp_path), "HOME": str(tmp_path), "NO_COLOR": "1"})
+    status, stdout, stderr = ExitStatus(result.status), result.stdout, result.stderr
+    assert status == ExitStatus.OK, stderr
+    assert stdout.decode().strip() == str(tmp_path / "mini")
     for stage in ("synth", "export", "split", "fuse", "write"):
-        assert f"  {stage}" in stderr.getvalue()
+        assert f"  {stage}" in stderr
     from gemmacli.runtime import Model
 
     model = Model.load("mini", environ={"GEMMACLI_MODELS": str(tmp_path)})
