@@ -25,7 +25,13 @@ from gemmacli.check import (
     load_policy,
     sha256_text,
 )
-from gemmacli.cli.commands import add_common_flags
+from gemmacli.cli.commands import (
+    add_common_flags,
+    add_decoding_options,
+    add_model_options,
+    positive_int,
+    read_instructions,
+)
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, UsageError
 from gemmacli.reports import FORMATS, compact_value, format_for_path, render
@@ -75,30 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-errors", action="store_true",
                         help="a file that could not be extracted does not fail the check")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
-    parser.add_argument("--model", "-m", default=None,
-                        help="model name or folder (default: $GEMMACLI_MODEL or gemma-3-270m-it)")
-    parser.add_argument("--max-tokens", type=_positive_int, default=1024, metavar="N",
-                        help="generation budget per file")
-    parser.add_argument("--lenient", action="store_true",
-                        help="drop schema keywords the decoder cannot enforce (they are still validated)")
-    parser.add_argument("--instructions", metavar="TEXT", help="extra instructions for the model")
-    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    add_model_options(parser, default_model="gemma-3-270m-it")
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="onnxruntime threads")
-    parser.add_argument("--encoding", default="utf-8", help="input encoding (default utf-8)")
-    parser.add_argument("--errors", dest="decode_errors", choices=("strict", "replace"), default="strict",
-                        help="undecodable bytes: fail the file (strict) or replace them")
+    add_decoding_options(parser)
     add_common_flags(parser)
     parser.set_defaults(handler=run_check)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def _report_format(args: argparse.Namespace) -> str | None:
@@ -159,13 +147,14 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
     sources = collect_sources(inputs, glob=args.glob, stdin=env.stdin)
 
     model_ref = _model_ref(args, env)
+    instructions = read_instructions(args.instructions)  # the text, so editing an @FILE re-runs the model
     fingerprint: dict[str, Any] = {
         "gemmacli": __version__,
         "schema": loaded_schema.sha256,
         "policy": policy.sha256,
         "model": model_fingerprint(model_ref, env),
         "options": {"max_tokens": args.max_tokens, "lenient": args.lenient,
-                    "instructions": args.instructions},
+                    "instructions": instructions},
     }
 
     def make_extractor() -> Any:
@@ -173,7 +162,7 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
         env.verbose(f"loading model {model_ref}")
         return Extractor(loaded_schema, model=model_ref, lenient=args.lenient, max_tokens=args.max_tokens,
-                         instructions=args.instructions, threads=args.threads,
+                         instructions=instructions, threads=args.threads,
                          warn=lambda _message: None)  # the schema's warnings were printed above
 
     cache = None
@@ -181,7 +170,7 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
         cache = ResultCache(default_cache_dir(env.environ), warn=env.warn)
         env.verbose(f"cache: {cache.folder}")
     runner = CheckRunner(policy=policy, extractor_factory=make_extractor, fingerprint=fingerprint,
-                         cache=cache, encoding=args.encoding, decode_errors=args.decode_errors,
+                         cache=cache, encoding=args.encoding, decode_errors=args.errors,
                          on_outcome=lambda outcome: _print_outcome(env, outcome, args.allow_errors))
     if not sources:
         env.warn("no input files to check")

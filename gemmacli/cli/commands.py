@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from gemmacli.errors import InputOutputError
 
 EXAMPLES = """\
 examples:
@@ -19,6 +22,47 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less on stderr (repeatable)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more on stderr")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a usage error, exit 2, otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def add_model_options(group: argparse._ActionsContainer, *, default_model: str) -> None:
+    """How a command that extracts picks and drives the model: shared by `extract` and `check`."""
+    group.add_argument("-m", "--model", metavar="NAME|PATH",
+                       help=f"model name or folder (default: $GEMMACLI_MODEL or {default_model})")
+    group.add_argument("--max-tokens", type=positive_int, default=1024, metavar="N",
+                       help="generation budget per input; running out is a failure (default: 1024)")
+    group.add_argument("--lenient", action="store_true",
+                       help="drop schema keywords the decoder cannot enforce (warned; output is still "
+                            "validated against them) instead of exit 3")
+    group.add_argument("--instructions", metavar="TEXT|@FILE", help="extra instructions for the model")
+
+
+def add_decoding_options(group: argparse._ActionsContainer) -> None:
+    """How input bytes become text: shared by `extract` and `check`."""
+    group.add_argument("--encoding", default="utf-8", help="input encoding (default: utf-8)")
+    group.add_argument("--errors", default="strict", choices=["strict", "replace", "ignore"],
+                       help="what to do with undecodable bytes (default: strict, exit 5)")
+
+
+def read_instructions(value: str | None) -> str | None:
+    """--instructions TEXT, or @FILE for the text of FILE."""
+    if value is None or not value.startswith("@"):
+        return value
+    path = Path(value[1:])
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputOutputError(f"cannot read instructions file {path}: {exc.strerror or exc}") from exc
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:

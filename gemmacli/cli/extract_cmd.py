@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gemmacli import batch
-from gemmacli.cli.commands import add_common_flags
+from gemmacli.cli.commands import add_common_flags, add_decoding_options, add_model_options, read_instructions
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, UsageError
 from gemmacli.inputs import Source, collect_sources
@@ -84,13 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--id-field", metavar="NAME", help="the field naming each --input-jsonl record (default: FILE:LINE)"
     )
     source.add_argument("--glob", metavar="PATTERN", help="filter files found in folders, e.g. '*.txt'")
-    source.add_argument("--encoding", default="utf-8", help="input encoding (default: utf-8)")
-    source.add_argument(
-        "--errors",
-        default="strict",
-        choices=["strict", "replace", "ignore"],
-        help="what to do with undecodable bytes (default: strict, exit 5)",
-    )
+    add_decoding_options(source)
     source.add_argument(
         "--allow-empty", action="store_true", help="extract from empty input instead of failing (exit 1)"
     )
@@ -122,24 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
 
     run = parser.add_argument_group("model and decoding")
-    run.add_argument(
-        "-m",
-        "--model",
-        metavar="NAME|PATH",
-        help=f"model name or folder (default: $GEMMACLI_MODEL or {DEFAULT_MODEL_NAME})",
-    )
-    run.add_argument(
-        "--max-tokens",
-        type=int,
-        default=1024,
-        metavar="N",
-        help="generation budget per input; running out is a failure (default: 1024)",
-    )
-    run.add_argument(
-        "--lenient",
-        action="store_true",
-        help="drop schema keywords the decoder cannot enforce (warned) instead of exit 3",
-    )
+    add_model_options(run, default_model=DEFAULT_MODEL_NAME)
     run.add_argument(
         "--temperature", type=float, default=0.0, metavar="T", help="0 = greedy, deterministic (default)"
     )
@@ -147,7 +124,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (default: 1.0)"
     )
     run.add_argument("--seed", type=int, metavar="N", help="random seed for sampling")
-    run.add_argument("--instructions", metavar="TEXT|@FILE", help="extra instructions for the model")
     run.add_argument(
         "--truncate",
         action="store_true",
@@ -208,7 +184,7 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
-        instructions=_read_instructions(args.instructions),
+        instructions=read_instructions(args.instructions),
         truncate=args.truncate,
         threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None,
         encoding=args.encoding,
@@ -227,8 +203,6 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
 def _validate(args: argparse.Namespace) -> None:
     if args.resume and not args.output:
         raise UsageError("--resume needs -o FILE: the records already in FILE say what to skip")
-    if args.max_tokens < 1:
-        raise UsageError("--max-tokens must be at least 1")
     if args.jobs < 0:
         raise UsageError("--jobs must be 0 (one per CPU) or more")
     if args.temperature < 0:
@@ -312,16 +286,6 @@ def _check_model(model: str, env: Environment) -> str:
     if resolve is None:
         return model
     return str(Path(resolve(model, env.environ)).resolve())
-
-
-def _read_instructions(value: str | None) -> str | None:
-    if value is None or not value.startswith("@"):
-        return value
-    path = Path(value[1:])
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputOutputError(f"cannot read instructions file {path}: {exc.strerror or exc}") from exc
 
 
 def dumps(value: Any, *, pretty: bool) -> bytes:
