@@ -5,6 +5,14 @@ weights and runs it through the same export code as a real checkpoint, so tests 
 the real graph without a download. The HF checkpoint it exported from is kept beside the ONNX files in
 `<model folder>/source-checkpoint/` (benchmarks feed the same weights to other exporters).
 
+`tiny` also gets a structural prior (`_structural_prior`): a purely random model decoding greedily inside a
+JSON string, where almost any token is allowed, practically never picks the closing quote, so nearly every
+output ran out of tokens. Tiny's tied embedding/lm_head rows for the single-character pieces `"`, `}`,
+`]`, `,`, `[` and `{` are shifted so those tokens get a logit bonus right after ordinary tokens (and a
+smaller one right after a structural token), so strings take a few content tokens and then close,
+numbers and containers end soon. The weights stay random and seeded; `270m` is left exactly as
+initialized (its benchmarks need the real shape's cost).
+
 Needs the `export` extra (torch, transformers, sentencepiece); imported only by `model synth`.
 """
 
@@ -65,6 +73,11 @@ TINY_CONFIG: dict[str, Any] = {
     "max_position_embeddings": 2048,
     "initializer_range": 0.1,
 }
+
+#: Tiny's structural prior: every embedding row gets PRIOR_OFFSET along a fixed unit vector u (the even
+#: spread over the second half of the hidden dims), and these pieces' rows are pulled back by their value.
+PRIOR_OFFSET = 2.5
+PRIOR_PULL = {'"': 2.2, "}": 1.76, "]": 1.76, ",": 0.44, "[": 1.98, "{": 1.98}
 
 _RESERVED = ["<mask>", "[multimodal]"] + [f"<unused{i}>" for i in range(99)]  # ids 4..104
 _USER_SYMBOLS = ["<start_of_turn>", "<end_of_turn>", "\n", "\n\n", "\t", "  ", "    "]  # 105, 106, ...
@@ -230,11 +243,50 @@ def build_checkpoint(size: str, out_dir: Path, *, seed: int = SEED) -> Path:
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):
                 param.normal_(0.0, init_std)
+        if size == "tiny":
+            _structural_prior(model, tokenizer_path)
     model.generation_config = GenerationConfig(bos_token_id=BOS_ID, pad_token_id=PAD_ID,
                                                eos_token_id=[EOS_ID, END_OF_TURN_ID])
     model.save_pretrained(out_dir, safe_serialization=True)
     _write_tokenizer_config(out_dir)
     return out_dir
+
+
+def _structural_prior(model: Any, tokenizer_path: Path) -> list[int]:
+    """Bias a random tiny model towards ending JSON strings, numbers and containers (in place).
+
+    Gemma's embeddings are tied, so a token's lm_head row is its embedding row, and Gemma feeds the input
+    embedding (times sqrt(hidden)) straight into the residual stream. Adding PRIOR_OFFSET * u to every row
+    gives the residual stream x a large positive component along u; flipping the sign of the final norm's
+    weights on u's dims turns the offset into the same shift of every logit (no preference), except for
+    the pulled rows, which get a bonus of about pull * (x.u) / rms(x) over the rest.
+    A pulled token's own row carries less along u, so right after one the bonus is smaller: after an
+    opening quote the model writes some content, and after content the quote wins (the openers `[` and
+    `{` are pulled for that effect: without it, `]` right after `[` made nearly every array empty).
+    Plain scaling of the rows does not work: the sign of h . row is random, and greedy decoding loops
+    where it is negative.
+    Returns the pulled token ids.
+    """
+    import torch
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    embedding = model.get_input_embeddings().weight  # the lm_head's weight too (tie_word_embeddings)
+    hidden = embedding.shape[1]
+    dims = slice(hidden // 2, hidden)
+    u = torch.zeros(hidden, dtype=embedding.dtype)
+    u[dims] = (hidden - hidden // 2) ** -0.5
+    pulled = []
+    with torch.no_grad():
+        embedding += PRIOR_OFFSET * u
+        for token_id in range(embedding.shape[0]):
+            pull = PRIOR_PULL.get(tokenizer.decode([token_id]))
+            if pull:
+                embedding[token_id] -= pull * u
+                pulled.append(token_id)
+        norm = model.model.norm.weight  # Gemma's RMSNorm scales by (1 + w): this makes it -(1 + w)
+        norm[dims] = -2.0 - norm[dims]
+    return pulled
 
 
 def _write_tokenizer_config(out_dir: Path) -> None:

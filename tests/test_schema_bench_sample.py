@@ -1,7 +1,8 @@
 """A fixed, seeded sample of 200 real-world schemas (../shared/jsonschemabench, every subset) through the
 whole pipeline on the tiny random model: each yields JSON that validates, or a refusal (exit 3) that says
-why. 0 invalid outputs. A random model may run out of its small token budget: that is allowed only as
-ExtractionFailed (exit 1), never as output, and is counted separately."""
+why. 0 invalid outputs. A random model may run out of its token budget: that is allowed only as
+ExtractionFailed (exit 1), never as output, and is counted separately (and bounded: the tiny model's
+structural prior, gemmacli/synth.py, makes it close strings, numbers and containers within a few tokens)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ from gemmacli.errors import ExtractionFailed, SchemaError
 BENCH = Path(__file__).resolve().parent.parent.parent / "shared" / "jsonschemabench"
 SEED = 20251126
 SAMPLE_SIZE = 200
-MAX_TOKENS = 96
+MAX_TOKENS = 192
+#: Measured with the tiny model of synth.py's structural prior (max_tokens 192): valid 162, refused 27,
+#: budget 11, invalid 0 (at 96 tokens: 148 / 27 / 25 / 0; before the prior: 33 / 27 / 140 / 0).
+MAX_BUDGET_FAILURES = 20
 TEXT = "Alice Martin (34) emailed from Paris on 2024-05-01 about invoice 1042: total 99.50 EUR, urgent."
 
 
@@ -94,3 +98,7 @@ def test_seeded_sample_of_200_schemas(model: Any, capsys: pytest.CaptureFixture[
     # Every output validated (run_one re-checks); validation rejections are reported, never output.
     assert outcomes["valid"] > 0
     assert not rejected, rejected
+    assert outcomes["engine"] == 0
+    # A budget failure is an honest exit 1 (ExtractionFailed, no partial output), never an invalid output;
+    # the bound only catches a model or decoder change that stops the tiny model from finishing its JSON.
+    assert outcomes["budget"] <= MAX_BUDGET_FAILURES, outcomes
