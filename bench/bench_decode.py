@@ -3,8 +3,11 @@
 One run prints, per context length (64 and 2048 tokens by default), the decode ms/token and the prefill
 seconds of:
   ours      the gemmacli model folder as `gemmacli model export/synth` writes it (optimum -> split ->
-            gemmacli.fuse.fuse_attention -> INT4 MatMulNBits), run by gemmacli.runtime.Model:
+            gemmacli.fuse.fuse_attention -> INT4 MatMulNBits), run by gemmacli.runtime.Model as the
+            gemmacli executable runs it (GEMMACLI_PROCESS_THREAD_POOL=1: one process-wide thread pool):
             forward(cache, [token]) + logits(hidden) (the full 262144-way lm_head) per token;
+  ours-nopool  the same with GEMMACLI_PROCESS_THREAD_POOL=0 (a library caller's default: a thread pool
+            per session, spinning off);
   ours-io   the same graph run with IOBinding and preallocated, shared past/present buffers (the runtime
             change this benchmark proposes; see bench/README.md);
   ours-i8h, ours-io-i8h  the same two with the lm_head's MatMulNBits forced to accuracy_level 4 (int8

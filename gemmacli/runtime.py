@@ -33,11 +33,15 @@ KVCache.length -> int is the number of tokens already in the cache.
 
 Beyond the contract (additive): load(..., spin=False, environ=None) (spin: let onnxruntime's idle threads
 spin; off by default), Model.generate_greedy (tests, benchmarks), Model.name, Model.sha256,
-KVCache.copy() (a cheap snapshot: forward never mutates the arrays a cache holds, it replaces them).
+KVCache.copy() (a snapshot owning its buffers: forward writes a GroupQueryAttention graph's cache in place).
 
 The runtime knows nothing about the attention inside the graph: it reads the input and output names from
-the session (input_ids, attention_mask, optional position_ids, past_key_values.* <-> present.*) and keeps
-the cache as onnxruntime OrtValues, fed straight back without copies through numpy.
+the session (input_ids, attention_mask, optional position_ids, past_key_values.* <-> present.*). With a
+GroupQueryAttention graph the cache is one preallocated buffer per past input, bound as past AND present
+through an IOBinding that the cache keeps across steps (no per-step cache copies, and per step only the
+new ids, the mask and the output arrays are bound); other graphs get their cache back as OrtValues, fed
+straight back without copies through numpy. The arrays forward and logits return are fresh each call
+(onnxruntime writes into them): callers own them.
 """
 
 from __future__ import annotations
@@ -94,7 +98,9 @@ class KVCache:
         for name in self.growable:
             buf = self.values[name]
             if buf.shape[2] < total:
-                rows = max(total, 2 * buf.shape[2], 256)
+                rows = max(2 * buf.shape[2], 256)
+                while rows <= total:  # headroom: a prefill is followed by decode steps
+                    rows *= 2
                 grown = np.zeros((*buf.shape[:2], rows, buf.shape[3]), dtype=buf.dtype)
                 grown[:, :, : self.length] = buf[:, :, : self.length]
                 self.values[name] = grown
