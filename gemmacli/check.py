@@ -27,6 +27,7 @@ from gemmacli.errors import (
     InputOutputError,
     SchemaError,
 )
+from gemmacli.schema import canonical_json, join_pointer, schema_sha256
 
 PASS = "pass"
 VIOLATION = "violation"
@@ -36,18 +37,13 @@ ERROR = "error"
 EXTRACTION_ERROR_RULE = "extraction-error"
 
 
-def canonical_json(value: Any) -> str:
-    """Sorted keys, compact, UTF-8 kept: the form every hash in this module is taken of."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def json_pointer(parts: Iterable[Any]) -> str:
     """RFC 6901 pointer ('' is the whole document), so paths in reports are unambiguous."""
-    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in parts)
+    return join_pointer("", *parts)
 
 
 # --------------------------------------------------------------------------------------------- policy
@@ -111,7 +107,7 @@ def load_policy(arg: str) -> Policy:
             f"policy {name} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     check_policy(schema, name=name)
-    return Policy(schema=schema, name=name, path=path, sha256=sha256_text(canonical_json(schema)))
+    return Policy(schema=schema, name=name, path=path, sha256=schema_sha256(schema))
 
 
 def _read_policy_file(path: Path) -> str:

@@ -93,10 +93,14 @@ class LoadedSchema:
     sha256: str
 
 
+def canonical_json(value: Any) -> str:
+    """Sorted keys, compact, UTF-8 kept: the one form every schema/policy/cache hash is taken of."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def schema_sha256(schema: Any) -> str:
-    """sha256 of the canonical JSON (sorted keys, compact), so formatting never changes the id."""
-    text = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """sha256 of the canonical JSON, so formatting never changes the id."""
+    return hashlib.sha256(canonical_json(schema).encode("utf-8")).hexdigest()
 
 
 def schemas_dir() -> Path:

@@ -21,7 +21,6 @@ from gemmacli.check import (
     CheckSummary,
     FileOutcome,
     Policy,
-    canonical_json,
     load_policy,
     sha256_text,
 )
@@ -35,6 +34,7 @@ from gemmacli.cli.commands import (
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, UsageError
 from gemmacli.reports import FORMATS, compact_value, format_for_path, render
+from gemmacli.schema import canonical_json
 
 FALLBACK_MODEL = "gemma-3-270m-it"
 
