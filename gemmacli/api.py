@@ -48,7 +48,7 @@ from gemmacli.decoder import DecodeOptions, decode
 from gemmacli.errors import ExtractionFailed, ModelError, SchemaError, UsageError
 from gemmacli.grammar import TokenizerBuild, compile_grammar, json_options, new_matcher
 from gemmacli.prompt import Prompt, encode_prompt
-from gemmacli.schema import LoadedSchema, check_schema, join_pointer, schema_sha256
+from gemmacli.schema import LoadedSchema, canonical_json, check_schema, join_pointer, schema_sha256
 
 if TYPE_CHECKING:
     from gemmacli.runtime import Model
@@ -144,7 +144,7 @@ class Extractor:
         files = manifest.get("files")
         # The decoder graph's hash (gemmacli.runtime.Model.sha256), else a hash over the manifest's files.
         self.model_sha256 = str(getattr(self.model, "sha256", "") or "") or (
-            hashlib.sha256(json.dumps(files, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+            hashlib.sha256(canonical_json(files).encode("utf-8")).hexdigest()
             if files else ""
         )
         self._matcher: Any = None

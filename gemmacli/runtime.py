@@ -297,7 +297,7 @@ class Model:
                 hidden = self._forward_shared(cache, token_ids, count)
             else:
                 ids = np.asarray(token_ids, dtype=np.int64).reshape(1, count)
-                hidden = self._forward_copying(cache, ids, np.ones((1, past + count), dtype=np.int64))
+                hidden = self._forward_copying(cache, ids, self._mask(past + count))
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"{self.folder / DECODER_FILE} failed to run: {exc}") from exc
         cache.length = past + count
@@ -348,9 +348,9 @@ class Model:
         """Graphs without GroupQueryAttention (a Concat-attention graph's present is past + new)."""
         feeds = dict(cache.values)
         feeds["input_ids"] = _ortvalue(ids, self._inputs["input_ids"])
-        if "attention_mask" in self._inputs:
+        if self._has_mask:
             feeds["attention_mask"] = _ortvalue(mask, self._inputs["attention_mask"])
-        if "position_ids" in self._inputs:
+        if self._has_positions:
             positions = np.arange(cache.length, cache.length + ids.shape[1], dtype=np.int64).reshape(1, -1)
             feeds["position_ids"] = _ortvalue(positions, self._inputs["position_ids"])
         results = self._decoder.run_with_ort_values(self._output_names, feeds)
