@@ -8,13 +8,12 @@ cache never leave a half-written entry; an unreadable or corrupt entry is a miss
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from gemmacli.files import write_atomically
 
 CACHE_SUBDIR = ("gemmacli", "check")
 
@@ -24,24 +23,6 @@ def default_cache_dir(environ: Mapping[str, str]) -> Path:
     base = environ.get("XDG_CACHE_HOME") or ""
     root = Path(base) if base else Path(environ.get("HOME") or Path.home()) / ".cache"
     return root.joinpath(*CACHE_SUBDIR)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers see all or nothing."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
 
 
 class ResultCache:
@@ -66,7 +47,7 @@ class ResultCache:
         """Store a record; a read-only or full cache only warns once, the check itself goes on."""
         data = json.dumps(record, ensure_ascii=False).encode("utf-8")  # key order kept: reports match
         try:
-            atomic_write_bytes(self._entry(key), data)
+            write_atomically(self._entry(key), data, make_parents=True)
         except OSError as exc:
             if not self._write_failed and self._warn is not None:
                 self._warn(f"cannot write the check cache at {self.folder}: {exc.strerror or exc}")

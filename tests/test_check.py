@@ -27,7 +27,7 @@ import pytest
 from cli import run_cli  # tests/cli.py
 
 import gemmacli.api
-from gemmacli.cache import ResultCache, atomic_write_bytes, default_cache_dir
+from gemmacli.cache import ResultCache, default_cache_dir
 from gemmacli.check import (
     ERROR,
     PASS,
@@ -39,6 +39,7 @@ from gemmacli.check import (
     load_policy,
 )
 from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, SchemaError
+from gemmacli.files import write_atomically
 from gemmacli.inputs import collect_sources
 from gemmacli.schema import check_schema, load_schema
 
@@ -290,8 +291,8 @@ def test_cache_dir_follows_xdg(tmp_path: Path):
 
 def test_atomic_write_leaves_no_temp_files(tmp_path: Path):
     target = tmp_path / "out" / "report.xml"
-    atomic_write_bytes(target, b"one")
-    atomic_write_bytes(target, b"two")
+    write_atomically(target, b"one", make_parents=True)
+    write_atomically(target, b"two", make_parents=True)
     assert target.read_bytes() == b"two"
     assert [p.name for p in target.parent.iterdir()] == ["report.xml"]
 
@@ -334,7 +335,9 @@ def test_cli_reports_on_stdout_and_to_file(fake_cli, tmp_path: Path, monkeypatch
 
     status, stdout, _ = fake_cli("docs", "-o", "out/gemmacli.sarif")
     assert status == ExitStatus.FAILED and stdout == b""
-    log = json.loads((tmp_path / "out" / "gemmacli.sarif").read_text())
+    report = tmp_path / "out" / "gemmacli.sarif"
+    assert report.stat().st_mode & 0o777 == 0o644  # a report is for others (CI uploaders) to read too
+    log = json.loads(report.read_text())
     results = log["runs"][0]["results"]
     uris = {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in results}
     assert uris == {"docs/violating.md"}

@@ -13,7 +13,7 @@ from typing import Any
 from rich.markup import escape
 
 from gemmacli import __version__
-from gemmacli.cache import ResultCache, atomic_write_bytes, default_cache_dir
+from gemmacli.cache import ResultCache, default_cache_dir
 from gemmacli.check import (
     ERROR,
     PASS,
@@ -32,7 +32,8 @@ from gemmacli.cli.commands import (
     read_instructions,
 )
 from gemmacli.env import Environment
-from gemmacli.errors import ExitStatus, UsageError
+from gemmacli.errors import ExitStatus, InputOutputError, UsageError
+from gemmacli.files import write_atomically
 from gemmacli.reports import FORMATS, compact_value, format_for_path, render
 from gemmacli.schema import canonical_json
 
@@ -181,7 +182,10 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
     if fmt is not None:
         report = render(fmt, outcomes, policy, allow_errors=args.allow_errors, base_dir=Path.cwd())
         if args.output:
-            atomic_write_bytes(Path(args.output), report)
+            try:
+                write_atomically(Path(args.output), report, make_parents=True)
+            except OSError as exc:
+                raise InputOutputError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
             env.verbose(f"wrote {fmt} report to {args.output}")
         else:
             env.write_data(report)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ from gemmacli import batch
 from gemmacli.cli.commands import add_common_flags, add_decoding_options, add_model_options, read_instructions
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, UsageError
+from gemmacli.files import write_atomically
 from gemmacli.inputs import Source, collect_sources
 
 DEFAULT_MODEL_NAME = "gemma-3-270m-it"
@@ -316,29 +315,12 @@ def _extract_single(
     if output is None:
         env.write_data(data)
     else:
-        write_atomically(output, data)
+        try:
+            write_atomically(output, data)
+        except OSError as exc:
+            raise InputOutputError(f"cannot write {output}: {exc.strerror or exc}") from exc
         env.verbose(f"wrote {output}")
     return ExitStatus.OK
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers see the old file or the new one."""
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise InputOutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 def _extract_batch(
