@@ -15,7 +15,7 @@ class ExtractionResult:
 class Extractor:
     '''Loads the model and compiles the schema once; call .extract(text) many times (batches).'''
     def __init__(self, schema, *, model: Model | str | Path = DEFAULT_MODEL, lenient=False,
-                 max_tokens=1024, temperature=0.0, top_p=1.0, seed=None, instructions=None,
+                 max_tokens=None, temperature=0.0, top_p=1.0, seed=None, instructions=None,
                  truncate=False, threads=None, warn=None)
         schema: a dict, or a LoadedSchema from gemmacli.schema.load_schema
         warn: optional callable(str) that receives --lenient warnings
@@ -27,9 +27,13 @@ def extract(text, schema, *, model=DEFAULT_MODEL, **options) -> ExtractionResult
 
 DEFAULT_MODEL = os.environ.get("GEMMACLI_MODEL", "gemma-3-270m-it")
 
+max_tokens=None sizes the budget from the schema: max(1024, 2 x its smallest output + 64), at most half the
+model's context. A schema whose smallest output does not fit the budget is refused up front (SchemaError, 3).
+
 Additions (backward compatible): Extractor(..., pretty=False) asks the model for bounded pretty whitespace;
 Extractor(..., prefix_cache=True) reuses the KV cache of the prompt's head (instruction + field guide);
-ExtractionResult also carries `model_seconds` (inside onnxruntime), `truncated` and `warnings`;
+ExtractionResult also carries `model_seconds` (inside onnxruntime), `truncated`, `warnings` and `repeats`
+(loops the repetition guard, gemmacli.loops, led the model out of: the values it cut short);
 Extractor.timings records the llguidance tokenizer build/wait seconds.
 """
 
@@ -49,11 +53,14 @@ from gemmacli.errors import ExtractionFailed, ModelError, SchemaError, UsageErro
 from gemmacli.grammar import TokenizerBuild, compile_grammar, json_options, new_matcher
 from gemmacli.prompt import Prompt, encode_prompt
 from gemmacli.schema import LoadedSchema, canonical_json, check_schema, join_pointer, schema_sha256
+from gemmacli.sizing import smallest_json, string_hints
 
 if TYPE_CHECKING:
     from gemmacli.runtime import Model
 
 DEFAULT_MODEL = os.environ.get("GEMMACLI_MODEL", "gemma-3-270m-it")
+#: The budget when the user sets none, unless the schema's smallest output asks for more (`budget_for`).
+DEFAULT_MAX_TOKENS = 1024
 
 
 @dataclass
@@ -68,6 +75,8 @@ class ExtractionResult:
     model_seconds: float = 0.0
     truncated: bool = False
     warnings: list[str] = field(default_factory=list)
+    #: Loops the repetition guard ended (gemmacli.loops): those values are the model's output cut short.
+    repeats: list[str] = field(default_factory=list)
 
 
 def _validator(schema: dict) -> Any:
@@ -88,7 +97,7 @@ class Extractor:
         *,
         model: Model | str | Path = DEFAULT_MODEL,
         lenient: bool = False,
-        max_tokens: int = 1024,
+        max_tokens: int | None = None,
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
@@ -98,6 +107,7 @@ class Extractor:
         warn: Callable[[str], None] | None = None,
         pretty: bool = False,
         prefix_cache: bool = True,
+        repeat_guard: bool = True,
     ) -> None:
         if isinstance(schema, LoadedSchema):
             self.schema: dict = schema.schema
@@ -107,14 +117,12 @@ class Extractor:
             self.schema_sha256 = schema_sha256(schema)
         else:
             raise SchemaError(f"a schema must be a JSON object, not {type(schema).__name__}", pointer="")
-        if max_tokens < 1:
+        if max_tokens is not None and max_tokens < 1:
             raise UsageError(f"--max-tokens must be at least 1, not {max_tokens}")
         if temperature < 0 or not 0 < top_p <= 1:
             raise UsageError("--temperature must be >= 0 and --top-p in (0, 1]")
-        self.max_tokens = max_tokens
         self.instructions = instructions
         self.truncate = truncate
-        self.options = DecodeOptions(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
         self.timings: dict[str, float] = {}
 
         # The schema first: a bad schema is exit 3 before any model work.
@@ -125,6 +133,7 @@ class Extractor:
                 warn(message)
         self.grammar = compile_grammar(compile_schema, pretty=pretty)
         self._validate = _validator(self.schema)
+        self._hints = string_hints(self.schema)
 
         # llguidance's token table: built on a thread during the first prefill (gemmacli.grammar).
         folder, config = self._model_folder(model)
@@ -147,6 +156,9 @@ class Extractor:
             hashlib.sha256(canonical_json(files).encode("utf-8")).hexdigest()
             if files else ""
         )
+        self.smallest_tokens, self.max_tokens = budget_for(self.schema, self.model, max_tokens)
+        self.options = DecodeOptions(max_tokens=self.max_tokens, temperature=temperature, top_p=top_p,
+                                     seed=seed, repeat_guard=repeat_guard)
         self._matcher: Any = None
         self._prefix: tuple[tuple[int, ...], Any] | None = None  # head ids -> KV cache after them
         self._prefix_cache = prefix_cache
@@ -213,7 +225,7 @@ class Extractor:
         self.timings["tokenizer_build"] = self._tokenizer_build.build_seconds
         self.timings["tokenizer_wait"] = self._tokenizer_build.wait_seconds
         result = decode(model, cache, matcher, tokenizer, [], self.options, hidden=hidden,
-                        model_calls=calls, model_seconds=model_seconds)
+                        model_calls=calls, model_seconds=model_seconds, hints=self._hints)
         try:
             data = json.loads(result.text)
         except json.JSONDecodeError as exc:  # the grammar makes this unreachable; never pass it on
@@ -235,7 +247,27 @@ class Extractor:
             model_seconds=result.model_seconds,
             truncated=prompt.truncated,
             warnings=list(self.warnings),
+            repeats=list(result.repeats),
         )
+
+
+def budget_for(schema: dict, model: Any, max_tokens: int | None) -> tuple[int, int]:
+    """(tokens of the schema's smallest output, the token budget); SchemaError when the first exceeds the
+    second: a schema that cannot be answered within the budget is refused before any model work."""
+    from gemmacli.prompt import count_tokens
+
+    smallest = count_tokens(model.tokenizer, smallest_json(schema))
+    context = int(getattr(model.config, "context_length", 32768))
+    budget = max_tokens if max_tokens is not None else min(max(DEFAULT_MAX_TOKENS, 2 * smallest + 64),
+                                                           context // 2)
+    if smallest > budget:
+        where = (f"--max-tokens is {budget}" if max_tokens is not None
+                 else f"the budget is {budget} tokens, half of this model's {context}-token context")
+        hint = (f"raise --max-tokens to at least {smallest}" if max_tokens is not None and smallest < context
+                else "split the schema, or make fewer fields required")
+        raise SchemaError(f"the smallest JSON this schema allows (its required fields, at their shortest) "
+                          f"takes about {smallest} tokens, and {where}", hint=hint)
+    return smallest, budget
 
 
 def extract(text: str, schema: dict | LoadedSchema, *, model: Model | str | Path = DEFAULT_MODEL,

@@ -61,7 +61,8 @@ class ExtractOptions:
     schema: Any  # a dict or gemmacli.schema.LoadedSchema
     model: str
     lenient: bool = False
-    max_tokens: int = 1024
+    max_tokens: int | None = None  # None: sized from the schema (gemmacli.api.budget_for)
+    repeat_guard: bool = True
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
@@ -96,6 +97,7 @@ def build_extractor(options: ExtractOptions) -> ExtractorLike:
         model=options.model,
         lenient=options.lenient,
         max_tokens=options.max_tokens,
+        repeat_guard=options.repeat_guard,
         temperature=options.temperature,
         top_p=options.top_p,
         seed=options.seed,
@@ -134,8 +136,12 @@ def read_source(source: Source, options: ExtractOptions) -> str:
 def success_record(
     source_name: str, result: Any, extractor: ExtractorLike, with_meta: bool
 ) -> dict[str, Any]:
-    """`{"source", "ok": true, "data"}`, plus model/schema hashes, token counts and time with --with-meta."""
+    """`{"source", "ok": true, "data"}`, plus model/schema hashes, token counts and time with --with-meta.
+    A value the repetition guard ended (gemmacli.loops) is reported in `warnings`, so it is never silent."""
     record: dict[str, Any] = {"source": source_name, "ok": True, "data": result.data}
+    repeats = list(getattr(result, "repeats", ()) or ())
+    if repeats:
+        record["warnings"] = repeats
     if with_meta:
         record["meta"] = {
             "model": extractor.model_name,

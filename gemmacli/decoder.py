@@ -7,6 +7,10 @@ Three things make it fast, none of which changes what greedy decoding would prod
 - when few tokens are allowed, only their lm_head rows are computed (`Model.logits_for`), otherwise the
   full lm_head runs and is masked;
 - the last tokens (closing brackets) are never fed at all: nothing needs logits after them.
+
+One thing does change it, on purpose: the repetition guard (gemmacli.loops). When the model is stuck in a
+loop, the guard narrows that step's choice to a way out of it, so a loop ends in valid JSON (reported in
+`repeats`) rather than in a spent budget. It only ever narrows the grammar's allowed set, deterministically.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 
 from gemmacli.errors import ExtractionFailed
 from gemmacli.grammar import Mask
+from gemmacli.loops import RepeatGuard, lead_out
 
 #: Allowed-set size up to which only the allowed lm_head rows are computed (and never more than 1/16 of the
 #: vocabulary). Dequantizing n INT4 rows in numpy costs far more per row than onnxruntime's fused kernel,
@@ -37,6 +42,7 @@ class DecodeOptions:
     batch_forced: bool = True  # False: feed queued tokens one forward call each (tests/benchmarks compare)
     #: None: min(LM_HEAD_THRESHOLD, vocab / 16); 0 disables the grammar-aware lm_head
     lm_head_threshold: int | None = None
+    repeat_guard: bool = True  # end a value the model keeps repeating (RepeatGuard) instead of failing
 
 
 @dataclass
@@ -51,6 +57,7 @@ class DecodeResult:
     small_heads: int = 0  # steps that used logits_for
     full_heads: int = 0  # steps that used the full lm_head
     allowed_sizes: list[int] = field(default_factory=list)
+    repeats: list[str] = field(default_factory=list)  # what the repetition guard cut, for the user
 
     @property
     def overhead_seconds(self) -> float:
@@ -94,11 +101,13 @@ def decode(
     hidden: np.ndarray | None = None,
     model_calls: int = 0,
     model_seconds: float = 0.0,
+    hints: Sequence[str] = (),
 ) -> DecodeResult:
     """Run the loop until the grammar is complete; ExtractionFailed when max_tokens runs out first.
 
     `pending` holds tokens not yet fed to the model (the prompt, or nothing when the caller prefilled it
-    and passes the resulting `hidden`). `tokenizer` is llguidance's LLTokenizer (for the text).
+    and passes the resulting `hidden`). `tokenizer` is llguidance's LLTokenizer (for the text). `hints`
+    are short texts the schema allows (gemmacli.loops.schema_hints), a way out of a loop.
     """
     start = time.perf_counter() - model_seconds  # a prefill done by the caller counts as model time
     eos = set(int(e) for e in tokenizer.eos_tokens)
@@ -112,6 +121,9 @@ def decode(
     out: list[int] = []
     generated = forced = small = full = 0
     sizes: list[int] = []
+    guard = RepeatGuard(tokenizer) if options.repeat_guard else None
+    scratch: Mask | None = None
+    repeats: list[str] = []
 
     def feed(tokens: list[int]) -> np.ndarray:
         nonlocal model_calls, model_seconds
@@ -142,6 +154,9 @@ def decode(
                     raise fail(f"the grammar engine refused its own forced tokens: {matcher.get_error()}")
                 out.extend(ff)
                 pending.extend(ff)
+                if guard is not None:
+                    for t in ff:
+                        guard.push(int(t))
                 forced += len(ff)
                 continue
         mask.fill(matcher)
@@ -149,6 +164,7 @@ def decode(
         if count == 0:
             raise fail(f"the grammar allows no next token: {matcher.get_error() or 'dead end'}")
         ids = mask.allowed() if (count <= threshold or count == 1) else None
+        loop = guard.loop() if guard is not None and count > 1 else None
         if options.jump_forward and ids is not None and ids.size == 1 and int(ids[0]) not in eos:
             token = int(ids[0])  # the grammar decides: no logits needed
             forced += 1
@@ -170,6 +186,23 @@ def decode(
                 ids = allowed
                 full += 1
             model_seconds += time.perf_counter() - t0
+            if loop is not None:
+                if scratch is None:
+                    scratch = Mask(n_vocab)
+                way_out = lead_out(ids, logits, loop, tokenizer, matcher, scratch, hints)
+                repeats.append(way_out.note)
+                ids, logits = way_out.ids, way_out.logits
+                if way_out.forced:  # a text the grammar takes: queue it like jump-forward tokens
+                    if len(out) + len(way_out.forced) > options.max_tokens:
+                        raise fail(_budget_message(options.max_tokens))
+                    if not matcher.consume_tokens(way_out.forced):
+                        raise fail(f"the grammar engine refused a checked completion: {matcher.get_error()}")
+                    for t in way_out.forced:
+                        out.append(t)
+                        pending.append(t)
+                        guard.push(t)  # type: ignore[union-attr]
+                    forced += len(way_out.forced)
+                    continue
             sizes.append(int(ids.size))
             token = sampler.choose(ids, logits)
             generated += 1
@@ -181,6 +214,8 @@ def decode(
             raise fail(f"the grammar engine refused an allowed token: {matcher.get_error()}")
         out.append(token)
         pending.append(token)
+        if guard is not None:
+            guard.push(token)
     if not matcher.is_accepting():
         error = (matcher.get_error() or "").strip().split("\n")[0][:200]
         raise fail(f"the grammar engine gave up before the JSON was complete ({matcher.stop_reason()}"
@@ -190,7 +225,8 @@ def decode(
     except UnicodeDecodeError as exc:  # the JSON grammar only completes on whole characters
         raise fail(f"the model emitted invalid UTF-8: {exc}") from exc
     seconds = time.perf_counter() - start
-    return DecodeResult(out, text, generated, forced, model_calls, seconds, model_seconds, small, full, sizes)
+    return DecodeResult(out, text, generated, forced, model_calls, seconds, model_seconds, small, full, sizes,
+                        repeats)
 
 
 def _budget_message(max_tokens: int) -> str:

@@ -205,6 +205,11 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
         keep = max(0, keep - (len(head) + len(body) - budget))
 
 
+def count_tokens(tokenizer: Any, text: str) -> int:
+    """How many tokens the model's tokenizer makes of `text` (no special tokens)."""
+    return len(_encode(tokenizer, text))
+
+
 def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False).ids) if text else []
 

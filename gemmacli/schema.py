@@ -292,6 +292,10 @@ class _Index:
         return anchor
 
 
+#: Public name for the other modules that follow local refs the way the checker does (gemmacli.sizing).
+RefIndex = _Index
+
+
 def _reachable(root: dict, index: _Index) -> Iterator[tuple[str, dict]]:
     """Every subschema the grammar will compile: from the root, following local $refs (cycles once)."""
     seen: set[str] = set()

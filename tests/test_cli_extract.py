@@ -543,7 +543,7 @@ def test_real_exit_codes(real_model: str, workdir: Path) -> None:
     text = b"The parcel arrived broken and nobody answers the phone."
     assert run(["extract", "--schema", "s.json", "-m", real_model], text).status == 0
     budget = run(["extract", "--schema", "s.json", "-m", real_model, "--max-tokens", "2"], text)
-    assert budget.status == 1 and "max-tokens" in budget.stderr and budget.stdout == b""
+    assert budget.status == 3 and "raise --max-tokens to at least" in budget.stderr and budget.stdout == b""
     assert run(["extract", "--schema", "s.json", "-m", real_model], NoStdin(), stdin_isatty=True).status == 2
     assert run(["extract", "--schema", '{"type": "object", "not": {}}', "-m", real_model], text).status == 3
     broken = workdir / "broken-model"

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jsonschema
 import numpy as np
 import pytest
 
-from gemmacli.api import ExtractionResult, Extractor, extract
+from gemmacli.api import ExtractionResult, Extractor, budget_for, extract
 from gemmacli.decoder import DecodeOptions, decode
 from gemmacli.errors import ExitStatus, ExtractionFailed, SchemaError
 from gemmacli.grammar import TokenizerBuild, compile_grammar, new_matcher
@@ -136,11 +137,40 @@ def test_sampling_stays_inside_the_grammar(model: Any) -> None:
 
 
 def test_max_tokens_exhausted_is_a_failure_never_a_truncated_json(model: Any) -> None:
+    smallest = Extractor(FIVE, model=model).smallest_tokens
+    unbounded = run(model, FIVE)
+    assert unbounded.generated_tokens + unbounded.forced_tokens > smallest + 2  # room to fail in
     with pytest.raises(ExtractionFailed) as info:
-        run(model, FIVE, max_tokens=4)
+        run(model, FIVE, max_tokens=smallest + 2)
     assert info.value.exit_status == ExitStatus.FAILED
-    assert "--max-tokens 4" in info.value.message
+    assert f"--max-tokens {smallest + 2}" in info.value.message
     assert info.value.hint == "raise --max-tokens"
+
+
+def test_a_budget_below_the_schemas_smallest_output_is_refused_before_any_decoding(model: Any) -> None:
+    """{"name":"","age":0,"mood":"sad","tags":[]} is the least FIVE allows: 4 tokens cannot hold it."""
+    with pytest.raises(SchemaError) as info:
+        Extractor(FIVE, model=model, max_tokens=4)
+    assert info.value.exit_status == ExitStatus.SCHEMA
+    assert "smallest JSON this schema allows" in info.value.message
+    assert "--max-tokens is 4" in info.value.message
+    assert info.value.hint is not None and "raise --max-tokens to at least" in info.value.hint
+
+
+def test_the_default_budget_grows_with_the_schemas_smallest_output(model: Any) -> None:
+    """113 required objects need more than the default 1024 tokens: the budget is sized from the schema,
+    and what cannot fit in the model's context is refused up front, not after spending the budget."""
+    wide = {"type": "object", "required": [f"field_{i}" for i in range(150)],
+            "properties": {f"field_{i}": {"type": "integer"} for i in range(150)}}
+    real_context = SimpleNamespace(tokenizer=model.tokenizer, config=SimpleNamespace(context_length=32768))
+    smallest, budget = budget_for(wide, real_context, None)
+    assert smallest > 1000 and budget == 2 * smallest + 64  # {"field_0":0,...}: every key, every value
+    assert budget_for(FIVE, real_context, None) == (Extractor(FIVE, model=model).smallest_tokens, 1024)
+    huge = {"type": "object", "required": [f"field_{i}" for i in range(1500)],
+            "properties": {f"field_{i}": {"type": "integer"} for i in range(1500)}}
+    with pytest.raises(SchemaError) as info:
+        Extractor(huge, model=model)
+    assert "half of this model's 2048-token context" in info.value.message
 
 
 def test_output_is_validated_against_the_original_schema(model: Any) -> None:

@@ -154,7 +154,7 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
         "schema": loaded_schema.sha256,
         "policy": policy.sha256,
         "model": model_fingerprint(model_ref, env),
-        "options": {"max_tokens": args.max_tokens, "lenient": args.lenient,
+        "options": {"max_tokens": args.max_tokens, "lenient": args.lenient, "repeat_guard": args.repeat_guard,
                     "instructions": instructions},
     }
 
@@ -163,7 +163,7 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
         env.verbose(f"loading model {model_ref}")
         return Extractor(loaded_schema, model=model_ref, lenient=args.lenient, max_tokens=args.max_tokens,
-                         instructions=instructions, threads=args.threads,
+                         repeat_guard=args.repeat_guard, instructions=instructions, threads=args.threads,
                          warn=lambda _message: None)  # the schema's warnings were printed above
 
     cache = None

@@ -39,8 +39,12 @@ def add_model_options(group: argparse._ActionsContainer, *, default_model: str) 
     """How a command that extracts picks and drives the model: shared by `extract` and `check`."""
     group.add_argument("-m", "--model", metavar="NAME|PATH",
                        help=f"model name or folder (default: $GEMMACLI_MODEL or {default_model})")
-    group.add_argument("--max-tokens", type=positive_int, default=1024, metavar="N",
-                       help="generation budget per input; running out is a failure (default: 1024)")
+    group.add_argument("--max-tokens", type=positive_int, default=None, metavar="N",
+                       help="generation budget per input; running out is a failure (default: 1024, or twice "
+                            "the schema's smallest output when that is more)")
+    group.add_argument("--no-repeat-guard", dest="repeat_guard", action="store_false",
+                       help="let a model that repeats itself run into --max-tokens instead of ending the "
+                            "looping value (which is reported on stderr)")
     group.add_argument("--lenient", action="store_true",
                        help="drop schema keywords the decoder cannot enforce (warned; output is still "
                             "validated against them) instead of exit 3")

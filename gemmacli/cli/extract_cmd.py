@@ -180,6 +180,7 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
         model=model,
         lenient=args.lenient,
         max_tokens=args.max_tokens,
+        repeat_guard=args.repeat_guard,
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
@@ -307,6 +308,8 @@ def _extract_single(
     text = batch.read_source(source, options)
     extractor = EXTRACTOR_FACTORY(options)
     result = extractor.extract(text)
+    for note in getattr(result, "repeats", ()):
+        env.warn(note)
     value: Any = result.data
     if options.with_meta:
         value = batch.success_record(source.name, result, extractor, with_meta=True)

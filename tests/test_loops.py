@@ -1,0 +1,125 @@
+"""The repetition guard (gemmacli.loops): a model stuck in a loop ends in valid JSON, and says so.
+
+The tiny random model loops on exactly these schemas (measured): digits in a time, `status` in a URI,
+circles inside patterned strings. Without the guard each one spends the whole budget (exit 1)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from gemmacli.api import Extractor
+from gemmacli.errors import ExtractionFailed
+from gemmacli.loops import SPAN, WINDOW, RepeatGuard
+
+TEXT = "Alice Martin (34) emailed from Paris on 2024-05-01 about invoice 1042: total 99.50 EUR, urgent."
+LOOPING = {
+    "time": {"start_time": {"type": "string", "format": "time"}},
+    "uri": {"url": {"type": "string", "format": "uri"}},
+    "pattern": {"_schema": {"type": "string", "pattern":
+                            "^pbj:([a-z0-9-]+):([a-z0-9\\.-]+):([a-z0-9-]+)?:([a-z0-9-]+):([0-9]+-[0-9]+-[0-9]+)$"}},
+    "alternation": {"effect": {"type": "string", "pattern": "^allow|deny$"}},
+}
+
+
+def looping_schema(name: str) -> dict:
+    properties = LOOPING[name]
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+@pytest.fixture(scope="module")
+def model(request: pytest.FixtureRequest) -> Any:
+    from gemmacli.runtime import Model
+
+    return Model.load(Path(request.getfixturevalue("tiny_model_dir")), threads=1)
+
+
+class Bytes:
+    """A stand-in tokenizer: token i is the text of chr(i)."""
+
+    def decode_bytes(self, tokens: list[int]) -> bytes:
+        return "".join(chr(t) for t in tokens).encode()
+
+
+def feed(text: str) -> RepeatGuard:
+    guard = RepeatGuard(Bytes())
+    for char in text:
+        guard.push(ord(char))
+    return guard
+
+
+def test_a_run_of_one_pattern_is_a_loop_only_past_the_span() -> None:
+    assert feed('"' + "5" * (SPAN - 1)).loop() is None
+    loop = feed('"' + "5" * SPAN).loop()
+    assert loop is not None and loop.times == SPAN and loop.avoid == {ord("5")} and loop.in_string
+    assert feed("ab" * (SPAN // 2 + 1)).loop() is not None
+
+
+def test_data_that_repeats_a_little_is_not_a_loop() -> None:
+    assert feed("[" + "0," * 23 + "0").loop() is None  # a 24-zero array (48 tokens, still under the span)
+    assert feed('"4111111111111111"').loop() is None  # a card number
+    assert feed('{"text":"the quick brown fox jumps over the lazy dog, then over the fence"}').loop() is None
+
+
+def test_a_loop_with_variations_is_caught_by_its_few_distinct_tokens() -> None:
+    rng = random.Random(7)  # like `ouvelistriouvelistrimentmiment…`: no exact period, few tokens
+    text = "".join(rng.choice("abcdef") for _ in range(WINDOW))
+    assert feed('"' + text[:WINDOW - 2]).loop() is None  # not a full window yet
+    loop = feed('"' + text).loop()
+    assert loop is not None and loop.times == 0 and loop.in_string
+
+
+def test_outside_a_string_the_guard_knows_it_is_outside() -> None:
+    loop = feed('{"a":"x\\"y","b":[' + "0," * 40).loop()
+    assert loop is not None and not loop.in_string
+
+
+@pytest.mark.parametrize("name", sorted(LOOPING))
+def test_a_looping_model_ends_in_valid_json_and_the_result_says_where(model: Any, name: str) -> None:
+    schema = looping_schema(name)
+    result = Extractor(schema, model=model).extract(TEXT)
+    jsonschema.validate(result.data, schema)
+    assert result.repeats and all(note.startswith("the model ") for note in result.repeats)
+    again = Extractor(schema, model=model).extract(TEXT)
+    assert again.text == result.text and again.repeats == result.repeats  # still deterministic
+
+
+@pytest.mark.parametrize("name", ["time", "pattern"])
+def test_without_the_guard_the_same_loop_spends_the_budget(model: Any, name: str) -> None:
+    with pytest.raises(ExtractionFailed) as info:
+        Extractor(looping_schema(name), model=model, repeat_guard=False).extract(TEXT)
+    assert "--max-tokens" in info.value.message
+
+
+def test_the_guard_leaves_output_that_never_loops_alone(model: Any) -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                               "age": {"type": "integer"}}, "required": ["name", "age"]}
+    guarded = Extractor(schema, model=model).extract(TEXT)
+    unguarded = Extractor(schema, model=model, repeat_guard=False).extract(TEXT)
+    assert guarded.text == unguarded.text and guarded.repeats == []
+
+
+def test_the_cli_prints_what_the_guard_did_and_still_exits_0(tmp_path: Path, request: pytest.FixtureRequest,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.json").write_text(json.dumps(looping_schema("time")))
+    folder = str(request.getfixturevalue("tiny_model_dir"))
+    result = run_cli(["extract", "--schema", "s.json", "-m", folder], TEXT.encode())
+    assert result.status == 0, result.stderr
+    jsonschema.validate(result.json(), looping_schema("time"))
+    assert "warning:" in result.stderr and "the model repeated '5'" in result.stderr
+    off = run_cli(["extract", "--schema", "s.json", "-m", folder, "--no-repeat-guard"], TEXT.encode())
+    assert off.status == 1 and off.stdout == b"" and "--max-tokens" in off.stderr
+    batch = run_cli(["extract", "--schema", "s.json", "-m", folder, "--records"], TEXT.encode())
+    record = batch.records()[0]
+    assert record["ok"] and record["warnings"][0].startswith("the model repeated '5'")
