@@ -6,12 +6,14 @@ For every schema in ../shared/jsonschemabench it records:
                refusal message (exit 3), which must name why
   lenient      the same under --lenient
 and with --decode MODEL also runs the whole extraction on each accepted schema (the tiny model is the
-intended one): valid (output validated), budget (the random model ran out of --max-tokens: ExtractionFailed,
-never output), engine (llguidance gave up mid-way, e.g. its lexer limit: ExtractionFailed, never output),
-rejected (decoded but failed jsonschema validation: ExtractionFailed, never output).
+intended one): valid (output validated; `guarded` counts those where the repetition guard ended a loop),
+sized (refused up front, exit 3: the schema's smallest output does not fit the budget), budget (the random
+model ran out of --max-tokens: ExtractionFailed, never output), engine (llguidance gave up mid-way, e.g.
+its lexer limit: ExtractionFailed, never output), rejected (decoded but failed jsonschema validation:
+ExtractionFailed, never output).
 
     .venv/bin/python bench/sweep_schemas.py                       # coverage only (~3 min on 2 cores)
-    .venv/bin/python bench/sweep_schemas.py --decode .cache/test-models/<key>/tiny-int4 --max-tokens 96
+    .venv/bin/python bench/sweep_schemas.py --decode .cache/test-models/<key>/tiny-int4   # default budget
     .venv/bin/python bench/sweep_schemas.py --json bench/out/sweep.json --limit 500
 """
 
@@ -62,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=BENCH)
     parser.add_argument("--decode", metavar="MODEL", help="also extract with this model (name or folder)")
-    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--max-tokens", type=int, default=None, help="default: extract's own (sized)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N files (sorted)")
     parser.add_argument("--json", type=Path, help="write per-schema outcomes here")
     args = parser.parse_args()
@@ -104,18 +106,20 @@ def main() -> None:
                 result = Extractor(schema, model=model, max_tokens=args.max_tokens).extract(TEXT)
                 row["outcome"] = "valid"
                 row["text"] = result.text
+                if result.repeats:
+                    counts["guarded"] += 1
             except ExtractionFailed as exc:
                 row["outcome"] = ("budget" if "--max-tokens" in exc.message
                                   else "rejected" if "does not validate" in exc.message else "engine")
                 row["error"] = exc.message[:300]
             except SchemaError as exc:
-                row["outcome"] = "refused"
+                row["outcome"] = "sized"
                 row["error"] = exc.message[:300]
             counts[row["outcome"]] += 1
         rows.append(row)
     elapsed = time.perf_counter() - start
 
-    decode_cols = ["valid", "budget", "engine", "rejected"] if model is not None else []
+    decode_cols = ["valid", "guarded", "sized", "budget", "engine", "rejected"] if model is not None else []
     header = f"{'subset':24s} {'n':>5s} {'llguidance':>11s} {'strict':>8s} {'lenient':>8s}"
     header += "".join(f" {c:>8s}" for c in decode_cols)
     print(header)
