@@ -16,9 +16,16 @@ seconds of:
   ours-pool, ours-io-pool  ours / ours-io with one process-wide thread pool shared by the decoder and
             lm_head sessions (proposed runtime change, see bench/README.md);
   patched   like ours, with gemmacli.runtime.Model taken from --runtime FILE (a candidate runtime.py);
+  candidate like ours, on the model folder --candidate DIR (an export variant, A/B in one run);
   builder   the builder's INT4 graph of the same HF checkpoint, run by onnxruntime-genai (its own loop:
             shared KV buffer, 512-slot windowed cache on sliding layers, logits of the last position);
   unfused   (--unfused) the optimum graph with the same split and INT4 but no attention rewrite;
+  graph-ours, graph-builder  (--graphs) the two GRAPHS alone, each run by the same plain onnxruntime loop
+            (one session, onnxruntime's default threading as onnxruntime-genai uses it, IOBinding with one
+            shared past/present buffer per layer: 512 rows on sliding layers, context + steps on the
+            others, full logits every step). Ours is model.onnx with lm_head.onnx composed into one graph
+            (bench/out/graph-<name>/), so both sides compute the same thing in one run: this separates
+            the graph, which issue 2 is about, from the runtime driving it;
 and the ratio ours/builder. Every graph runs in its own subprocess (two sessions in one process slow each
 other), several times; the tables show medians.
 
@@ -34,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -267,9 +275,12 @@ WORKERS = {
     "ours-io-i8h": lambda *a: worker_iobinding(*a, lm_head_int8=True),
     "ours-spin": lambda *a: worker_ours(*a, spin=True),
     "ours-nopool": worker_ours,  # run with GEMMACLI_PROCESS_THREAD_POOL=0 (see measure)
+    "candidate": worker_ours,  # --candidate DIR: another model folder (an export variant), run like ours
     "ours-pool": lambda *a: worker_ours(*a, pool=True),
     "ours-io-pool": lambda *a: worker_iobinding(*a, pool=True),
     "patched": worker_ours,  # with --runtime FILE
+    "graph-ours": lambda *a: worker_graph(*a),  # defined below
+    "graph-builder": lambda *a: worker_graph(*a),
     "builder": worker_builder,
     "unfused": worker_ours,
 }
@@ -360,11 +371,112 @@ def ensure_unfused(model_dir: Path, checkpoint: Path, out: Path) -> Path:
     return out
 
 
+def worker_graph(graph_path: str, contexts: list[int], steps: int, threads: int, logits: bool) -> dict:
+    """One graph, one plain onnxruntime session, the same loop for ours and the builder's (see --graphs)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    del logits  # both graphs compute the full logits of the last position every step
+    path = Path(graph_path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in sess.get_inputs()}
+    logits_name = "logits"
+    pasts = [n for n in inputs if n.startswith("past_key_values")]
+    sliding: set[int] = set()
+    genai = path.parent / "genai_config.json"
+    if genai.is_file():  # the builder graph leaves its sliding layers' cache length dynamic
+        window = json.loads(genai.read_text())["model"]["decoder"].get("sliding_window") or {}
+        sliding = set(window.get("layers", []))
+
+    def run(ctx: int) -> tuple[float, list[float]]:
+        capacity = ctx + steps + 1
+        buffers = {}
+        for name in pasts:
+            shape = inputs[name].shape
+            layer = int(name.split(".")[1])
+            rows = shape[2] if isinstance(shape[2], int) else (512 if layer in sliding else capacity)
+            width = shape[3] if isinstance(shape[3], int) else 256  # head_dim (the builder leaves it open)
+            buffers[name] = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1, rows, width), np.float32))
+        binding = sess.io_binding()
+        for name, buf in buffers.items():
+            binding.bind_ortvalue_input(name, buf)
+            binding.bind_ortvalue_output(name.replace("past_key_values", "present"), buf)
+        rank = len(next(o for o in sess.get_outputs() if o.name == logits_name).shape)
+        out = np.empty((1,) * (rank - 1) + (262144,), dtype=np.float32)  # [1, V] ours, [1, 1, V] builder
+        length = 0
+
+        def step(ids: list[int]) -> int:
+            nonlocal length
+            binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
+            binding.bind_cpu_input("attention_mask", np.ones((1, length + len(ids)), dtype=np.int64))
+            if len(ids) == 1:
+                binding.bind_ortvalue_output(logits_name, ort.OrtValue.ortvalue_from_numpy(out))
+            else:
+                binding.bind_output(logits_name, "cpu")
+            sess.run_with_iobinding(binding)
+            length += len(ids)
+            token = int(np.argmax(out)) if len(ids) == 1 else 1000
+            return token if TOKEN_RANGE[0] <= token < TOKEN_RANGE[1] else 1000
+
+        t0 = time.perf_counter()
+        token = step(_prompt(ctx))
+        prefill = time.perf_counter() - t0
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            token = step([token])
+            times.append((time.perf_counter() - t0) * 1000)
+        return prefill, times
+
+    run(8)
+    return {str(ctx): dict(zip(("prefill_s", "decode_ms"), run(ctx), strict=True)) for ctx in contexts}
+
+
+def ensure_composed(model_dir: Path, out: Path) -> Path:
+    """Our model.onnx with lm_head.onnx appended (hidden -> MatMulNBits -> logits), one graph, in `out`
+    next to hard links to the model folder's weight files (the graphs name them relative to themselves;
+    onnxruntime refuses symlinks that leave the graph's folder)."""
+    import onnx
+
+    graph_file = out / "model.onnx"
+    marker = out / ".source"
+    source = ";".join(f"{f.name}:{f.stat().st_mtime_ns}" for f in sorted(model_dir.glob("*.onnx*")))
+    if graph_file.is_file() and marker.is_file() and marker.read_text() == source:
+        return graph_file
+    out.mkdir(parents=True, exist_ok=True)
+    decoder = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+    head = onnx.load(str(model_dir / "lm_head.onnx"), load_external_data=False)
+    hidden = next(o.name for o in decoder.graph.output if not o.name.startswith("present"))
+    head_input = head.graph.input[0].name
+    for node in head.graph.node:
+        node.input[:] = [hidden if name == head_input else name for name in node.input]
+        decoder.graph.node.append(node)
+    known = {init.name for init in decoder.graph.initializer}
+    decoder.graph.initializer.extend(i for i in head.graph.initializer if i.name not in known)
+    decoder.graph.output.extend(head.graph.output)
+    for data in model_dir.glob("*.onnx.data"):
+        link = out / data.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        try:
+            os.link(data, link)
+        except OSError:  # another filesystem
+            shutil.copyfile(data, link)
+    onnx.save(decoder, str(graph_file))
+    marker.write_text(source)
+    return graph_file
+
+
 # ------------------------------------------------------------------------------------------- reporting
 
 
 def measure(kind: str, model_dir: Path, contexts: list[int], steps: int, threads: int, logits: bool) -> dict:
     python = str(BUILDER_PY) if kind == "builder" else sys.executable
+    if kind.startswith("graph-"):  # the graph file itself, not its folder
+        model_dir = model_dir if model_dir.suffix == ".onnx" else model_dir / "model.onnx"
     args = json.dumps([str(model_dir), contexts, steps, threads, logits])
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     # The gemmacli executable turns on the runtime's process-wide thread pool (gemmacli.cli.core.main);
@@ -395,9 +507,13 @@ def main() -> None:
     parser.add_argument("--kinds", default="ours,ours-io,builder", help="comma list of "
                         + ", ".join(WORKERS))
     parser.add_argument("--unfused", action="store_true", help="also measure the unfused optimum graph")
+    parser.add_argument("--graphs", action="store_true", help="also run both graphs alone in one plain "
+                        "onnxruntime loop (graph-ours, graph-builder)")
     parser.add_argument("--no-logits", action="store_true", help="ours: skip the lm_head (decoder only)")
     parser.add_argument("--json", type=Path, help="write all raw timings here")
     parser.add_argument("--runtime", type=Path, help="kind `patched` runs this candidate gemmacli/runtime.py")
+    parser.add_argument("--candidate", help="kind `candidate` runs this model folder (an export variant) "
+                        "like ours, interleaved with it")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("worker_args", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -409,15 +525,22 @@ def main() -> None:
     global RUNTIME_FILE
     RUNTIME_FILE = args.runtime.resolve() if args.runtime else None
     contexts = [int(c) for c in args.contexts.split(",")]
-    kinds = [k for k in args.kinds.split(",") if k] + (["unfused"] if args.unfused else [])
+    kinds = [k for k in args.kinds.split(",") if k] + (["unfused"] if args.unfused else []) + (
+        ["graph-ours", "graph-builder"] if args.graphs else [])
     model_dir = ensure_model(args.model)
     folders: dict[str, Path] = {k: model_dir for k in WORKERS if k.startswith("ours") or k == "patched"}
-    if "builder" in kinds or "unfused" in kinds:
+    if args.candidate:
+        folders["candidate"] = ensure_model(args.candidate)
+        kinds = kinds if "candidate" in kinds else [kinds[0], "candidate", *kinds[1:]]
+    if "graph-ours" in kinds:
+        folders["graph-ours"] = ensure_composed(model_dir, OUT / f"graph-{model_dir.name}")
+    if "builder" in kinds or "unfused" in kinds or "graph-builder" in kinds:
         checkpoint = args.checkpoint or (None if args.builder and "unfused" not in kinds
                                          else source_checkpoint(model_dir))
-        if "builder" in kinds:
+        if "builder" in kinds or "graph-builder" in kinds:
             folders["builder"] = args.builder or ensure_builder(checkpoint, OUT / f"builder-{model_dir.name}")
             _set_builder_threads(folders["builder"], args.threads)
+            folders["graph-builder"] = folders["builder"]
         if "unfused" in kinds:
             folders["unfused"] = ensure_unfused(model_dir, checkpoint, OUT / f"unfused-{model_dir.name}")
 
@@ -442,8 +565,12 @@ def main() -> None:
     for kind in kinds:
         print(f"{kind:<10}" + "".join(f"{med(kind, c, 'decode_ms'):>13.2f}" for c in contexts)
               + "".join(f"{med(kind, c, 'prefill_s'):>13.3f}" for c in contexts))
+    if "graph-builder" in kinds and "graph-ours" in kinds:
+        ratios = "".join(f"{med('graph-ours', c, 'decode_ms') / med('graph-builder', c, 'decode_ms'):>13.2f}"
+                         for c in contexts)
+        print(f"{'graphs':<10}{ratios}   (graph-ours / graph-builder: same onnxruntime loop)")
     if "builder" in kinds:
-        for kind in [k for k in kinds if k != "builder"]:
+        for kind in [k for k in kinds if k not in ("builder", "graph-builder", "graph-ours")]:
             ratios = "".join(f"{med(kind, c, 'decode_ms') / med('builder', c, 'decode_ms'):>13.2f}"
                              for c in contexts)
             print(f"{kind + '/bld':<10}{ratios}")

@@ -190,7 +190,12 @@ def decode(
                 if scratch is None:
                     scratch = Mask(n_vocab)
                 way_out = lead_out(ids, logits, loop, tokenizer, matcher, scratch, hints)
-                repeats.append(way_out.note)
+                if way_out.note:
+                    repeats.append(way_out.note)
+                if way_out.ends_value:
+                    guard.forget()  # type: ignore[union-attr]
+                elif not loop.structural:
+                    guard.leading = True  # type: ignore[union-attr]
                 ids, logits = way_out.ids, way_out.logits
                 if way_out.forced:  # a text the grammar takes: queue it like jump-forward tokens
                     if len(out) + len(way_out.forced) > options.max_tokens:

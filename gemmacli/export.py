@@ -238,8 +238,14 @@ def _hidden_size(head: Any, initializers: dict[str, Any]) -> int:
 # ------------------------------------------------------------------------------------------ quantizing
 
 
-def quantize_int4(model: Any, *, block_size: int, accuracy_level: int | None) -> tuple[Any, list[str]]:
-    """Every MatMul with a constant weight -> MatMulNBits (asymmetric int4).
+#: Symmetric int4 (no zero points), as onnxruntime-genai's model builder quantizes: onnxruntime's int8-compute
+#: MatMulNBits kernel is faster without zero points (bench/bench_decode.py; numbers in bench/README.md).
+SYMMETRIC = True
+
+
+def quantize_int4(model: Any, *, block_size: int, accuracy_level: int | None,
+                  symmetric: bool = SYMMETRIC) -> tuple[Any, list[str]]:
+    """Every MatMul with a constant weight -> MatMulNBits (int4; symmetric unless asked otherwise).
 
     Returns (model, the quantized MatMul nodes' names): names like /model/layers.0/mlp/up_proj/MatMul say
     which weights they are, unlike optimum's anonymous initializer names.
@@ -249,7 +255,7 @@ def quantize_int4(model: Any, *, block_size: int, accuracy_level: int | None) ->
     initializers = {init.name for init in model.graph.initializer}
     weights = [node.name or node.input[1] for node in model.graph.node
                if node.op_type == "MatMul" and node.input[1] in initializers]
-    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=False,
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=symmetric,
                                      accuracy_level=accuracy_level)
     with _quiet_logging():
         quantizer.process()
@@ -284,11 +290,9 @@ def share_embedding_with_lm_head(decoder: Any, lm_head_on_disk: Any, *, data_fil
     on_disk = {init.name: init for init in lm_head_on_disk.graph.initializer}
     shapes = {"data": [vocab, hidden // 2], "scales": [vocab, blocks],
               "zero_points": [vocab, -(-blocks // 2)]}
-    names = [name for name in node.input[1:4] if name]
-    if len(names) != 3:  # symmetric quantization has no zero points; keep the plain Gather then
-        return None
+    names = [name for name in node.input[1:4] if name]  # symmetric: no zero points (both ops assume 8)
     shared = []
-    for (role, dims), source_name in zip(shapes.items(), names, strict=True):
+    for (role, dims), source_name in zip(list(shapes.items())[: len(names)], names, strict=True):
         source = on_disk[source_name]
         tensor = onnx.TensorProto(name=f"gemmacli_embedding_{role}", data_type=source.data_type)
         tensor.dims.extend(dims)
@@ -302,7 +306,7 @@ def share_embedding_with_lm_head(decoder: Any, lm_head_on_disk: Any, *, data_fil
         shared.append(tensor)
     embedding = gather.input[0]
     replacement = helper.make_node(
-        "GatherBlockQuantized", [shared[0].name, gather.input[1], shared[1].name, shared[2].name],
+        "GatherBlockQuantized", [shared[0].name, gather.input[1], *(t.name for t in shared[1:])],
         list(gather.output), name="gemmacli/embedding", domain=MS_DOMAIN,
         gather_axis=0, quantize_axis=1, block_size=block_size, bits=4)
     index = list(graph.node).index(gather)
@@ -441,7 +445,7 @@ def export_into(folder: Path, source: str, *, name: str, precision: str = "int4"
                 embedding = share_embedding_with_lm_head(decoder, on_disk, data_file="lm_head.onnx.data",
                                                          block_size=block_size)
                 quantization = {
-                    "bits": 4, "format": "int4", "block_size": block_size, "symmetric": False,
+                    "bits": 4, "format": "int4", "block_size": block_size, "symmetric": SYMMETRIC,
                     "method": "onnxruntime MatMulNBitsQuantizer",
                     "accuracy_level": {"model.onnx": accuracy_level, "lm_head.onnx": accuracy_level},
                     "tensors": {"model.onnx": decoder_weights, "lm_head.onnx": head_weights},

@@ -148,15 +148,16 @@ def fuse_decoder_ops(model: onnx.ModelProto, eps: float) -> onnx.ModelProto:
     - each RMSNorm (Cast/Pow/ReduceMean/Add/Sqrt/Div/Mul/Mul) -> SimplifiedLayerNormalization, and where its
       input is a residual Add -> SkipSimplifiedLayerNormalization (the sum comes out as a second output);
     - gelu_pytorch_tanh (6 Mul, 2 Add, Tanh) -> com.microsoft FastGelu (the same tanh formula);
-    - MatMuls that share their input and have constant weights (q/k/v, gate/up) -> one MatMul + Split, so
-      the INT4 quantizer later makes one MatMulNBits where there were two or three.
+    - the q/k/v MatMuls (one input, constant weights) -> one MatMul + Split, so the INT4 quantizer later
+      makes one MatMulNBits where there were three. gate/up stay apart, as in the builder's graph: merged,
+      their Split cost more than the saved kernel launch (bench/README.md).
     onnxruntime fuses the plain RMSNorms itself at load, but not the residual adds, the GELU or the
     projections. Returns the model, changed in place.
     """
     graph = model.graph
     _drop_float_casts(graph)
     _fuse_groups(graph, eps)
-    _merge_shared_input_matmuls(graph)
+    _merge_shared_input_matmuls(graph, scope="self_attn")
     _fuse_skip_norms(graph)
     _prune(graph)
     _topological_sort(graph)
@@ -251,14 +252,16 @@ def _fuse_groups(graph: onnx.GraphProto, eps: float) -> None:
         graph.node.append(node)
 
 
-def _merge_shared_input_matmuls(graph: onnx.GraphProto) -> None:
-    """MatMuls reading the same activation with constant 2-D weights -> one MatMul over the concatenated
-    weights, then Split: same numbers (each output column only sees its own weight column)."""
+def _merge_shared_input_matmuls(graph: onnx.GraphProto, scope: str = "") -> None:
+    """MatMuls reading the same activation with constant 2-D weights (and `scope` in their names) -> one
+    MatMul over the concatenated weights, then Split: same numbers (each output column only sees its own
+    weight column)."""
     inits = {t.name: t for t in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
     by_input: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
-        if n.op_type == "MatMul" and _constant_value(n.input[1], inits, producers) is not None:
+        if n.op_type == "MatMul" and scope in n.name \
+                and _constant_value(n.input[1], inits, producers) is not None:
             by_input.setdefault(n.input[0], []).append(n)
     for x, nodes in by_input.items():
         if len(nodes) < 2:

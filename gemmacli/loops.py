@@ -5,12 +5,14 @@ budget and end in a failure. `RepeatGuard` notices one: the last tokens repeat o
 MAX_PERIOD tokens at least three times over at least SPAN tokens, or the last WINDOW tokens use at most
 DISTINCT different tokens (a loop with variations: `ouvelistriouvelistrimentmiment…`). At such a step
 `lead_out` narrows the choice, in this order, to:
-1. the allowed tokens that end the value (in a string: hold a `"`; else a `}`, `]` or `,`) and are not
-   part of the loop: the best-scored of them is taken;
+1. the allowed tokens that end the value (in a string: hold a `"`; else a `}` or `]`, or failing those
+   a `,`) and are not part of the loop: the best-scored of them is taken;
 2. one of the LOOKAHEAD best-scored tokens after which such a token is allowed (`21:55:55.5555` needs `Z`);
 3. the shortest text the schema's own patterns and formats allow from here (`pbj:a:a::a:0-0-0` for a
    pattern `^pbj:…`, gemmacli.sizing), checked token by token with the grammar before it is taken;
 4. any allowed token the loop has not used.
+A loop of whole members (`"k":"v","k":"v",…`) is ended by closing its object or array instead: each
+string it is in is ended, then the container, as soon as the grammar allows.
 Every step only narrows what the grammar allows, so the output still validates; every step is
 deterministic, so greedy output stays byte-identical from one run to the next. The decoder reports each
 intervention (DecodeResult.repeats) and the CLI prints it: a value ended this way is the model's
@@ -34,25 +36,34 @@ DISTINCT = 8
 LOOKAHEAD = 64
 _CLOSERS: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}
 def closing_tokens(tokenizer: Any, in_string: bool) -> np.ndarray:
-    """Boolean table over the vocabulary: does the token end a string (an unescaped `"`), or, outside
-    strings, a number or container (`}`, `]`, `,`)? Built once per tokenizer (~40 ms at 262k tokens)."""
+    """Over the vocabulary, how well each token ends a value: in a string, 1 for an unescaped `"`;
+    outside, 2 for `}` or `]` (ends a container), 1 for `,` (ends a number, but goes on with the
+    container: an object that keeps adding keys loops through it). 0: it does not. Built once per
+    tokenizer (~40 ms at 262k tokens)."""
     cached = _CLOSERS.get(id(tokenizer))
     if cached is None or cached[0] is not tokenizer:
         pieces = [tokenizer.decode_bytes([i]) for i in range(int(tokenizer.vocab_size))]
-        strings = np.array([b'"' in piece and b'\\"' not in piece for piece in pieces], dtype=bool)
-        others = np.array([any(c in piece for c in (b"}", b"]", b",")) for piece in pieces], dtype=bool)
+        strings = np.array([b'"' in piece and b'\\"' not in piece for piece in pieces], dtype=np.int8)
+        others = np.array([2 if (b"}" in piece or b"]" in piece) else 1 if b"," in piece else 0
+                           for piece in pieces], dtype=np.int8)
         cached = _CLOSERS[id(tokenizer)] = (tokenizer, strings, others)
     return cached[1] if in_string else cached[2]
 
 
 @dataclass
 class Loop:
-    """The loop the output is in: its tokens (for the message) and the tokens that would go on with it."""
+    """The loop the output is in: its tokens (for the message) and the tokens that would go on with it.
+
+    A loop whose unit holds JSON structure (`"k":"v",` again and again: an open object adding keys)
+    spans whole members; ending one string inside it changes nothing, so the guard closes the container
+    it lives in (`closing`: until the output is back above `depth`)."""
 
     unit: list[int]
     times: int
     avoid: set[int]
     in_string: bool
+    structural: bool = False
+    closing: bool = False  # a later step of closing a container (already reported)
 
     def describe(self, tokenizer: Any) -> str:
         unit = tokenizer.decode_bytes(self.unit).decode("utf-8", errors="replace")
@@ -63,7 +74,8 @@ class Loop:
 
 class RepeatGuard:
     """Tracks, for every period p, how many trailing tokens equal the token p places before them, and
-    whether the output is inside a JSON string now (a two-state lexer over the token bytes)."""
+    where the output is in the JSON (inside a string or not, container depth: a small lexer over the
+    token bytes)."""
 
     def __init__(self, tokenizer: Any, max_period: int = MAX_PERIOD, span: int = SPAN, window: int = WINDOW,
                  distinct: int = DISTINCT) -> None:
@@ -73,33 +85,69 @@ class RepeatGuard:
         self.tokens: list[int] = []
         self.tokenizer = tokenizer
         self.in_string = False
+        self.depth = 0
         self._escaped = False
+        self._since = 0  # tokens before this index are forgotten (a loop already dealt with)
+        self.leading = False  # a way out was taken; forget the loop once the value ends
+        self.close_below: int | None = None  # closing a container: until depth drops below this
+        self._structure_at = -1  # index of the last token holding JSON structure (a quote, , : { } [ ])
+
+    def forget(self) -> None:
+        """Start afresh once a looping value is ended: the loop must not trip the next value. (After a
+        step that only leads towards the end, the loop is still seen, so the next choice ends it.)"""
+        self.runs[:] = 0
+        self._since = len(self.tokens)
+        self.leading = False
+        self.close_below = None
 
     def push(self, token: int) -> None:
+        ended = structure = False
         for byte in self.tokenizer.decode_bytes([token]):
             if self._escaped:
                 self._escaped = False
             elif self.in_string and byte == 0x5C:  # backslash
                 self._escaped = True
             elif byte == 0x22:  # quote
+                ended = ended or self.in_string
                 self.in_string = not self.in_string
+                structure = True
+            elif not self.in_string and byte in b"{[":
+                self.depth += 1
+                structure = True
+            elif not self.in_string and byte in b",}]:":
+                ended = ended or byte != 0x3A
+                self.depth -= byte in b"}]"
+                structure = True
+        if structure:
+            self._structure_at = len(self.tokens)
         history = self.tokens
         n = len(history)
-        back = np.array([history[n - p] if p <= n else -1 for p in self.periods.tolist()])
+        back = np.array([history[n - p] if p <= n - self._since else -1 for p in self.periods.tolist()])
         self.runs = np.where(back == token, self.runs + 1, 0)
         history.append(token)
+        if (ended and self.leading) or (self.close_below is not None and self.depth < self.close_below):
+            self.forget()
 
     def loop(self) -> Loop | None:
         """The loop the output is in now, if any."""
+        if self.close_below is not None:
+            return Loop([], 0, set(), self.in_string, structural=True, closing=True)
         hits = (self.runs >= 2 * self.periods) & (self.runs + self.periods >= self.span)
         if hits.any():
             period = int(self.periods[int(np.argmax(hits))])
             times = (int(self.runs[period - 1]) + period) // period
-            return Loop(self.tokens[-period:], times, {self.tokens[-period]}, self.in_string)
-        recent = self.tokens[-self.window:]
+            return self._found(self.tokens[-period:], times, {self.tokens[-period]}, period)
+        recent = self.tokens[max(self._since, len(self.tokens) - self.window):]
         if len(recent) == self.window and len(set(recent)) <= self.distinct:
-            return Loop(recent[-16:], 0, set(recent), self.in_string)
+            return self._found(recent[-16:], 0, set(recent), self.window // 2)
         return None
+
+    def _found(self, unit: list[int], times: int, avoid: set[int], span: int) -> Loop:
+        """`span`: how far back the loop's structure is looked for (a unit, half the window)."""
+        structural = self.depth > 0 and self._structure_at >= len(self.tokens) - span
+        if structural:
+            self.close_below = self.depth
+        return Loop(unit, times, avoid, self.in_string, structural=structural)
 
 
 @dataclass
@@ -110,17 +158,26 @@ class LeadOut:
     logits: np.ndarray
     note: str
     forced: list[int] | None = None
+    ends_value: bool = False  # the choice ends the looping value: the guard can forget the loop
 
 
 def lead_out(ids: np.ndarray, logits: np.ndarray, loop: Loop, tokenizer: Any, matcher: Any, scratch: Any,
              hints: Iterable[str]) -> LeadOut:
     """The choice at a loop step (module doc, steps 1-4). `scratch` is a spare grammar.Mask."""
-    note = loop.describe(tokenizer) + "; "
-    closers = closing_tokens(tokenizer, loop.in_string)
+    note = "" if loop.closing else loop.describe(tokenizer) + "; "
+    rank = closing_tokens(tokenizer, loop.in_string)
     avoid = np.array(sorted(loop.avoid), dtype=ids.dtype)
-    ending = closers[ids] & ~np.isin(ids, avoid)
-    if ending.any():
-        return LeadOut(ids[ending], logits[ending], note + "the value was ended there")
+    ranks = np.where(np.isin(ids, avoid), 0, rank[ids])
+    if loop.structural:  # close strings, then containers; what the grammar still requires comes first
+        wanted = 1 if loop.in_string else 2
+        ending = ranks >= wanted
+        if ending.any():
+            return LeadOut(ids[ending], logits[ending], note and note + "its object or array was closed")
+        return LeadOut(ids, logits, note and note + "its object or array was closed")
+    if ranks.max() > 0:
+        ending = ranks == ranks.max()
+        return LeadOut(ids[ending], logits[ending], note + "the value was ended there", ends_value=True)
+    closers = rank > 0
     for index in np.argsort(-logits, kind="stable")[:LOOKAHEAD].tolist():
         token = int(ids[index])
         if token in loop.avoid or not matcher.consume_token(token):
