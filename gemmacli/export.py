@@ -238,9 +238,10 @@ def _hidden_size(head: Any, initializers: dict[str, Any]) -> int:
 # ------------------------------------------------------------------------------------------ quantizing
 
 
-#: Symmetric int4 (no zero points), as onnxruntime-genai's model builder quantizes: onnxruntime's int8-compute
-#: MatMulNBits kernel is faster without zero points (bench/bench_decode.py; numbers in bench/README.md).
-SYMMETRIC = True
+#: Asymmetric int4 (a zero point per block: less rounding error than the builder's symmetric default). Measured
+#: A/B on the 270m (bench/bench_decode.py --candidate): symmetric decodes no faster (6.46 vs 6.45 ms at 64
+#: tokens, 8.76 vs 8.78 at 2048), so the more accurate form stays. The embedding sharing handles both.
+SYMMETRIC = False
 
 
 def quantize_int4(model: Any, *, block_size: int, accuracy_level: int | None,
