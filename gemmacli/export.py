@@ -238,9 +238,9 @@ def _hidden_size(head: Any, initializers: dict[str, Any]) -> int:
 # ------------------------------------------------------------------------------------------ quantizing
 
 
-#: Asymmetric int4 (a zero point per block: less rounding error than the builder's symmetric default). Measured
-#: A/B on the 270m (bench/bench_decode.py --candidate): symmetric decodes no faster (6.46 vs 6.45 ms at 64
-#: tokens, 8.76 vs 8.78 at 2048), so the more accurate form stays. The embedding sharing handles both.
+#: Asymmetric int4 (a zero point per block: less rounding error than the builder's symmetric default).
+#: Measured A/B on the 270m (bench/bench_decode.py --candidate): symmetric decodes no faster (6.46 vs 6.45 ms
+#: at 64 tokens, 8.76 vs 8.78 at 2048), so the more accurate form stays. The embedding sharing handles both.
 SYMMETRIC = False
 
 

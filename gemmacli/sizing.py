@@ -207,6 +207,14 @@ def _class_member(items: Any) -> str:
     raise _Unreadable("empty class")
 
 
+_CATEGORIES = {
+    "CATEGORY_DIGIT": str.isdigit, "CATEGORY_NOT_DIGIT": lambda c: not c.isdigit(),
+    "CATEGORY_SPACE": str.isspace, "CATEGORY_NOT_SPACE": lambda c: not c.isspace(),
+    "CATEGORY_WORD": lambda c: c.isalnum() or c == "_",
+    "CATEGORY_NOT_WORD": lambda c: not (c.isalnum() or c == "_"),
+}
+
+
 def _outside_class(items: Any) -> str:
     """A character a negated class `[^…]` matches."""
     def inside(char: str) -> bool:
@@ -216,8 +224,8 @@ def _outside_class(items: Any) -> str:
                 return True
             if name == "RANGE" and arg[0] <= ord(char) <= arg[1]:
                 return True
-            if name == "CATEGORY":
-                raise _Unreadable("category in a negated class")
+            if name == "CATEGORY" and _CATEGORIES.get(str(arg), lambda c: True)(char):
+                return True
         return False
 
     for char in "a0-_ A.!":

@@ -12,7 +12,9 @@ from gemmacli.sizing import shortest_match, smallest_json, string_hints
 
 @pytest.mark.parametrize("pattern", [
     "^pbj:([a-z0-9-]+):([a-z0-9\\.-]+):([a-z0-9-]+)?:([a-z0-9-]+):([0-9]+-[0-9]+-[0-9]+)$",
-    "^allow|deny$", "^[A-Z]{2}\\d{3}$", "^[^@]+@[^@]+\\.[a-z]{2,}$", "(ab)*c", "^\\w+:\\S*$", "x{0}y?z",
+    "^allow|deny$", "^[A-Z]{2}\\d{3}$", "[^\\d\\s]",
+    "^[^@^\\s]+@[^@^\\.^\\s]+(\\.[^@^\\.^\\s]+)+$",
+    "^[^@]+@[^@]+\\.[a-z]{2,}$", "(ab)*c", "^\\w+:\\S*$", "x{0}y?z",
 ])
 def test_shortest_match_matches_and_is_short(pattern: str) -> None:
     example = shortest_match(pattern)
