@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 from gemmacli.decoder import DecodeOptions, decode
 from gemmacli.errors import ExtractionFailed, ModelError, SchemaError, UsageError
 from gemmacli.grammar import TokenizerBuild, compile_grammar, json_options, new_matcher
-from gemmacli.prompt import Prompt, encode_prompt
+from gemmacli.prompt import Prompt, count_tokens, encode_prompt
 from gemmacli.schema import LoadedSchema, canonical_json, check_schema, join_pointer, schema_sha256
 from gemmacli.sizing import smallest_json, string_hints
 
@@ -254,8 +254,6 @@ class Extractor:
 def budget_for(schema: dict, model: Any, max_tokens: int | None) -> tuple[int, int]:
     """(tokens of the schema's smallest output, the token budget); SchemaError when the first exceeds the
     second: a schema that cannot be answered within the budget is refused before any model work."""
-    from gemmacli.prompt import count_tokens
-
     smallest = count_tokens(model.tokenizer, smallest_json(schema))
     context = int(getattr(model.config, "context_length", 32768))
     budget = max_tokens if max_tokens is not None else min(max(DEFAULT_MAX_TOKENS, 2 * smallest + 64),

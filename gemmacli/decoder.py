@@ -107,7 +107,7 @@ def decode(
 
     `pending` holds tokens not yet fed to the model (the prompt, or nothing when the caller prefilled it
     and passes the resulting `hidden`). `tokenizer` is llguidance's LLTokenizer (for the text). `hints`
-    are short texts the schema allows (gemmacli.loops.schema_hints), a way out of a loop.
+    are short texts the schema allows (gemmacli.sizing.string_hints), a way out of a loop.
     """
     start = time.perf_counter() - model_seconds  # a prefill done by the caller counts as model time
     eos = set(int(e) for e in tokenizer.eos_tokens)

@@ -246,7 +246,7 @@ SYMMETRIC = False
 
 def quantize_int4(model: Any, *, block_size: int, accuracy_level: int | None,
                   symmetric: bool = SYMMETRIC) -> tuple[Any, list[str]]:
-    """Every MatMul with a constant weight -> MatMulNBits (int4; symmetric unless asked otherwise).
+    """Every MatMul with a constant weight -> MatMulNBits (int4; asymmetric unless symmetric=True).
 
     Returns (model, the quantized MatMul nodes' names): names like /model/layers.0/mlp/up_proj/MatMul say
     which weights they are, unlike optimum's anonymous initializer names.

@@ -35,6 +35,8 @@ WINDOW = 64
 DISTINCT = 8
 LOOKAHEAD = 64
 _CLOSERS: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}
+
+
 def closing_tokens(tokenizer: Any, in_string: bool) -> np.ndarray:
     """Over the vocabulary, how well each token ends a value: in a string, 1 for an unescaped `"`;
     outside, 2 for `}` or `]` (ends a container), 1 for `,` (ends a number, but goes on with the
