@@ -24,7 +24,13 @@ import numpy as np
 
 from gemmacli.errors import ExtractionFailed
 from gemmacli.grammar import Mask
-from gemmacli.loops import RepeatGuard, lead_out
+from gemmacli.loops import JsonLexer, RepeatGuard, lead_out
+
+#: Inside a string most of the vocabulary is allowed, and its mask is the dearest (4-5 ms for the first
+#: token of a length-bounded string at 262k tokens, measured): there the greedy loop computes the full
+#: logits first and takes the best token the grammar accepts (checked one by one, a few µs each) among
+#: the LAZY_CANDIDATES best; only when none is accepted does it compute the mask. Same token either way.
+LAZY_CANDIDATES = 8
 
 #: Allowed-set size up to which only the allowed lm_head rows are computed (and never more than 1/16 of the
 #: vocabulary). Dequantizing n INT4 rows in numpy costs far more per row than onnxruntime's fused kernel,
@@ -43,6 +49,7 @@ class DecodeOptions:
     #: None: min(LM_HEAD_THRESHOLD, vocab / 16); 0 disables the grammar-aware lm_head
     lm_head_threshold: int | None = None
     repeat_guard: bool = True  # end a value the model keeps repeating (RepeatGuard) instead of failing
+    lazy_mask: bool = True  # greedy, inside strings: best accepted token first, the mask only if needed
 
 
 @dataclass
@@ -121,7 +128,9 @@ def decode(
     out: list[int] = []
     generated = forced = small = full = 0
     sizes: list[int] = []
-    guard = RepeatGuard(tokenizer) if options.repeat_guard else None
+    position = JsonLexer()
+    guard = RepeatGuard(tokenizer, position) if options.repeat_guard else None
+    lazy = options.lazy_mask and options.jump_forward and sampler.temperature <= 0.0
     scratch: Mask | None = None
     repeats: list[str] = []
 
@@ -134,6 +143,15 @@ def decode(
             model_seconds += time.perf_counter() - t0
             model_calls += 1
         return result
+
+    def advance(tokens: Sequence[int]) -> None:
+        """Queue consumed tokens for the model and follow them in the lexer and the guard."""
+        for t in tokens:
+            out.append(int(t))
+            pending.append(int(t))
+            position.feed(tokenizer.decode_bytes([int(t)]))
+            if guard is not None:
+                guard.push(int(t))
 
     def fail(why: str) -> ExtractionFailed:
         exc = ExtractionFailed(why, hint="raise --max-tokens" if "max-tokens" in why else None)
@@ -152,19 +170,36 @@ def decode(
                     raise fail(_budget_message(options.max_tokens))
                 if not matcher.consume_tokens(ff):
                     raise fail(f"the grammar engine refused its own forced tokens: {matcher.get_error()}")
-                out.extend(ff)
-                pending.extend(ff)
-                if guard is not None:
-                    for t in ff:
-                        guard.push(int(t))
+                advance(ff)
                 forced += len(ff)
+                continue
+        loop = guard.loop() if guard is not None else None
+        all_logits = None
+        if lazy and position.in_string and loop is None:
+            if len(out) >= options.max_tokens:
+                raise fail(_budget_message(options.max_tokens))
+            if pending:
+                hidden = feed(pending)
+                pending = []
+            elif hidden is None:
+                raise fail("nothing to decode from: empty prompt")
+            t0 = time.perf_counter()
+            all_logits = np.asarray(model.logits(hidden), dtype=np.float32)
+            model_seconds += time.perf_counter() - t0
+            full += 1
+            token = _best_accepted(matcher, all_logits, LAZY_CANDIDATES)
+            if token is not None and token not in eos:
+                generated += 1
+                if not matcher.consume_token(token):
+                    raise fail(f"the grammar engine refused an accepted token: {matcher.get_error()}")
+                advance([token])
                 continue
         mask.fill(matcher)
         count = mask.count()
         if count == 0:
             raise fail(f"the grammar allows no next token: {matcher.get_error() or 'dead end'}")
         ids = mask.allowed() if (count <= threshold or count == 1) else None
-        loop = guard.loop() if guard is not None and count > 1 else None
+        loop = loop if count > 1 else None
         if options.jump_forward and ids is not None and ids.size == 1 and int(ids[0]) not in eos:
             token = int(ids[0])  # the grammar decides: no logits needed
             forced += 1
@@ -177,7 +212,10 @@ def decode(
             elif hidden is None:
                 raise fail("nothing to decode from: empty prompt")
             t0 = time.perf_counter()
-            if ids is not None and threshold > 0:
+            if all_logits is not None:  # computed by the lazy path above: no second lm_head
+                ids = ids if ids is not None else mask.allowed()
+                logits = all_logits[ids]
+            elif ids is not None and threshold > 0:
                 logits = np.asarray(model.logits_for(hidden, ids), dtype=np.float32)
                 small += 1
             else:
@@ -202,10 +240,7 @@ def decode(
                         raise fail(_budget_message(options.max_tokens))
                     if not matcher.consume_tokens(way_out.forced):
                         raise fail(f"the grammar engine refused a checked completion: {matcher.get_error()}")
-                    for t in way_out.forced:
-                        out.append(t)
-                        pending.append(t)
-                        guard.push(t)  # type: ignore[union-attr]
+                    advance(way_out.forced)
                     forced += len(way_out.forced)
                     continue
             sizes.append(int(ids.size))
@@ -217,10 +252,7 @@ def decode(
             raise fail(_budget_message(options.max_tokens))
         if not matcher.consume_token(token):
             raise fail(f"the grammar engine refused an allowed token: {matcher.get_error()}")
-        out.append(token)
-        pending.append(token)
-        if guard is not None:
-            guard.push(token)
+        advance([token])
     if not matcher.is_accepting():
         error = (matcher.get_error() or "").strip().split("\n")[0][:200]
         raise fail(f"the grammar engine gave up before the JSON was complete ({matcher.stop_reason()}"
@@ -232,6 +264,20 @@ def decode(
     seconds = time.perf_counter() - start
     return DecodeResult(out, text, generated, forced, model_calls, seconds, model_seconds, small, full, sizes,
                         repeats)
+
+
+def _best_accepted(matcher: Any, logits: np.ndarray, candidates: int) -> int | None:
+    """The best-scored of the `candidates` top tokens that the grammar accepts next, or None. The same
+    token greedy picks from the masked logits: every better-scored token is refused (ties: lowest id)."""
+    ranked = np.argpartition(-logits, candidates)
+    top = ranked[:candidates]
+    order = top[np.lexsort((top, -logits[top]))]  # best first; among equal scores the lowest id
+    if logits[order[-1]] == logits[ranked[candidates]]:
+        return None  # a tie at the cut: a token outside the candidates could rank before one inside
+    for token in order.tolist():
+        if matcher.validate_tokens([token]) == 1:
+            return int(token)
+    return None
 
 
 def _budget_message(max_tokens: int) -> str:

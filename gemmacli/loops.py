@@ -52,6 +52,37 @@ def closing_tokens(tokenizer: Any, in_string: bool) -> np.ndarray:
     return cached[1] if in_string else cached[2]
 
 
+class JsonLexer:
+    """Where the output is in the JSON: inside a string or not, and how deep in containers. Fed the bytes
+    of each token; `last` says whether the latest token ended a value and whether it held structure."""
+
+    def __init__(self) -> None:
+        self.in_string = False
+        self.depth = 0
+        self._escaped = False
+        self.last = (False, False)  # (ended a value, held JSON structure: a quote, , : { } [ ])
+
+    def feed(self, data: bytes) -> None:
+        ended = structure = False
+        for byte in data:
+            if self._escaped:
+                self._escaped = False
+            elif self.in_string and byte == 0x5C:  # backslash
+                self._escaped = True
+            elif byte == 0x22:  # quote
+                ended = ended or self.in_string
+                self.in_string = not self.in_string
+                structure = True
+            elif not self.in_string and byte in b"{[":
+                self.depth += 1
+                structure = True
+            elif not self.in_string and byte in b",}]:":
+                ended = ended or byte != 0x3A
+                self.depth -= byte in b"}]"
+                structure = True
+        self.last = (ended, structure)
+
+
 @dataclass
 class Loop:
     """The loop the output is in: its tokens (for the message) and the tokens that would go on with it.
@@ -75,20 +106,18 @@ class Loop:
 
 
 class RepeatGuard:
-    """Tracks, for every period p, how many trailing tokens equal the token p places before them, and
-    where the output is in the JSON (inside a string or not, container depth: a small lexer over the
-    token bytes)."""
+    """Tracks, for every period p, how many trailing tokens equal the token p places before them; reads
+    where the output is in the JSON from `position`, which the caller feeds each token before push()."""
 
-    def __init__(self, tokenizer: Any, max_period: int = MAX_PERIOD, span: int = SPAN, window: int = WINDOW,
-                 distinct: int = DISTINCT) -> None:
+    def __init__(self, tokenizer: Any, position: JsonLexer | None = None, max_period: int = MAX_PERIOD,
+                 span: int = SPAN, window: int = WINDOW, distinct: int = DISTINCT) -> None:
         self.span, self.window, self.distinct = span, window, distinct
         self.periods = np.arange(1, max_period + 1)
         self.runs = np.zeros(max_period, dtype=np.int64)
         self.tokens: list[int] = []
         self.tokenizer = tokenizer
-        self.in_string = False
-        self.depth = 0
-        self._escaped = False
+        self._own_position = position is None  # then push() feeds it itself
+        self.position = position if position is not None else JsonLexer()
         self._since = 0  # tokens before this index are forgotten (a loop already dealt with)
         self.leading = False  # a way out was taken; forget the loop once the value ends
         self.close_below: int | None = None  # closing a container: until depth drops below this
@@ -102,24 +131,18 @@ class RepeatGuard:
         self.leading = False
         self.close_below = None
 
+    @property
+    def in_string(self) -> bool:
+        return self.position.in_string
+
+    @property
+    def depth(self) -> int:
+        return self.position.depth
+
     def push(self, token: int) -> None:
-        ended = structure = False
-        for byte in self.tokenizer.decode_bytes([token]):
-            if self._escaped:
-                self._escaped = False
-            elif self.in_string and byte == 0x5C:  # backslash
-                self._escaped = True
-            elif byte == 0x22:  # quote
-                ended = ended or self.in_string
-                self.in_string = not self.in_string
-                structure = True
-            elif not self.in_string and byte in b"{[":
-                self.depth += 1
-                structure = True
-            elif not self.in_string and byte in b",}]:":
-                ended = ended or byte != 0x3A
-                self.depth -= byte in b"}]"
-                structure = True
+        if self._own_position:
+            self.position.feed(self.tokenizer.decode_bytes([token]))
+        ended, structure = self.position.last
         if structure:
             self._structure_at = len(self.tokens)
         history = self.tokens

@@ -277,3 +277,30 @@ def test_schema_is_checked_before_the_model_is_looked_up(tmp_path: Path) -> None
 
     with pytest.raises(ModelError):
         Extractor(SMALL, model=tmp_path / "no-model")
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_lazy_masks_in_strings_give_the_same_greedy_output(model: Any, name: str) -> None:
+    """Inside strings the loop takes the best token the grammar accepts before computing any mask
+    (decoder.LAZY_CANDIDATES): the output must be the one the masked logits give."""
+    lazy = Extractor(SCHEMAS[name], model=model, max_tokens=160)
+    masked = Extractor(SCHEMAS[name], model=model, max_tokens=160)
+    masked.options.lazy_mask = False
+    assert lazy.extract(TEXT).text == masked.extract(TEXT).text
+
+
+def test_best_accepted_is_the_masked_argmax_and_refuses_a_tie_at_the_cut() -> None:
+    from gemmacli.decoder import _best_accepted
+
+    class Accepts:
+        def __init__(self, allowed: set[int]) -> None:
+            self.allowed = allowed
+
+        def validate_tokens(self, tokens: list[int]) -> int:
+            return int(tokens[0] in self.allowed)
+
+    logits = np.array([0.0, 5.0, 9.0, 7.0, 7.0, 1.0, 3.0], dtype=np.float32)
+    assert _best_accepted(Accepts({3, 4, 6}), logits, 3) == 3  # 2 refused; 3 and 4 tie: the lower id
+    assert _best_accepted(Accepts({0}), logits, 3) is None  # not among the best three: ask the mask
+    tied = np.array([1.0, 2.0, 2.0, 0.0], dtype=np.float32)
+    assert _best_accepted(Accepts({2}), tied, 1) is None  # 1 and 2 tie across the cut
