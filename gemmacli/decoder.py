@@ -26,11 +26,13 @@ from gemmacli.errors import ExtractionFailed
 from gemmacli.grammar import Mask
 from gemmacli.loops import JsonLexer, RepeatGuard, lead_out
 
-#: Inside a string most of the vocabulary is allowed, and its mask is the dearest (4-5 ms for the first
-#: token of a length-bounded string at 262k tokens, measured): there the greedy loop computes the full
-#: logits first and takes the best token the grammar accepts (checked one by one, a few µs each) among
-#: the LAZY_CANDIDATES best; only when none is accepted does it compute the mask. Same token either way.
+#: In free text most of the vocabulary is allowed, and its mask is the dearest (4-5 ms for the first token
+#: of a length-bounded string at 262k tokens, measured) while the full lm_head must run anyway. There (the
+#: grammar accepts each of the PROBES: not an enum or a pattern) the greedy loop computes the full logits
+#: first and takes the best token the grammar accepts (checked one by one, a few µs each) among the
+#: LAZY_CANDIDATES best; only when none is accepted does it compute the mask. Same token either way.
 LAZY_CANDIDATES = 8
+PROBES = ("e", "x", "Q", "7")
 
 #: Allowed-set size up to which only the allowed lm_head rows are computed (and never more than 1/16 of the
 #: vocabulary). Dequantizing n INT4 rows in numpy costs far more per row than onnxruntime's fused kernel,
@@ -131,6 +133,7 @@ def decode(
     position = JsonLexer()
     guard = RepeatGuard(tokenizer, position) if options.repeat_guard else None
     lazy = options.lazy_mask and options.jump_forward and sampler.temperature <= 0.0
+    probes = [ids[0] for ids in (tokenizer.tokenize_str(text) for text in PROBES) if len(ids) == 1]
     scratch: Mask | None = None
     repeats: list[str] = []
 
@@ -175,7 +178,8 @@ def decode(
                 continue
         loop = guard.loop() if guard is not None else None
         all_logits = None
-        if lazy and position.in_string and loop is None:
+        if lazy and position.in_string and loop is None and probes \
+                and all(matcher.validate_tokens([t]) == 1 for t in probes):
             if len(out) >= options.max_tokens:
                 raise fail(_budget_message(options.max_tokens))
             if pending:
