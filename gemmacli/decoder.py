@@ -156,6 +156,18 @@ def decode(
             if guard is not None:
                 guard.push(int(t))
 
+    def model_input() -> np.ndarray:
+        """The hidden state a choice is made from: feeds what is pending (the budget allowing)."""
+        nonlocal pending, hidden
+        if len(out) >= options.max_tokens:
+            raise fail(_budget_message(options.max_tokens))
+        if pending:
+            hidden = feed(pending)
+            pending = []
+        elif hidden is None:
+            raise fail("nothing to decode from: empty prompt")
+        return hidden
+
     def fail(why: str) -> ExtractionFailed:
         exc = ExtractionFailed(why, hint="raise --max-tokens" if "max-tokens" in why else None)
         exc.partial_text = tokenizer.decode_bytes(out).decode("utf-8", errors="replace")  # type: ignore[attr-defined]
@@ -180,13 +192,7 @@ def decode(
         all_logits = None
         if lazy and position.in_string and loop is None and probes \
                 and all(matcher.validate_tokens([t]) == 1 for t in probes):
-            if len(out) >= options.max_tokens:
-                raise fail(_budget_message(options.max_tokens))
-            if pending:
-                hidden = feed(pending)
-                pending = []
-            elif hidden is None:
-                raise fail("nothing to decode from: empty prompt")
+            hidden = model_input()
             t0 = time.perf_counter()
             all_logits = np.asarray(model.logits(hidden), dtype=np.float32)
             model_seconds += time.perf_counter() - t0
@@ -208,13 +214,7 @@ def decode(
             token = int(ids[0])  # the grammar decides: no logits needed
             forced += 1
         else:
-            if len(out) >= options.max_tokens:
-                raise fail(_budget_message(options.max_tokens))
-            if pending:
-                hidden = feed(pending)
-                pending = []
-            elif hidden is None:
-                raise fail("nothing to decode from: empty prompt")
+            hidden = model_input()
             t0 = time.perf_counter()
             if all_logits is not None:  # computed by the lazy path above: no second lm_head
                 ids = ids if ids is not None else mask.allowed()
