@@ -273,6 +273,9 @@ def decode(
 def _best_accepted(matcher: Any, logits: np.ndarray, candidates: int) -> int | None:
     """The best-scored of the `candidates` top tokens that the grammar accepts next, or None. The same
     token greedy picks from the masked logits: every better-scored token is refused (ties: lowest id)."""
+    best = int(np.argmax(logits))  # the lowest id of the top score: usually accepted, and then the answer
+    if matcher.validate_tokens([best]) == 1:
+        return best
     ranked = np.argpartition(-logits, candidates)
     top = ranked[:candidates]
     order = top[np.lexsort((top, -logits[top]))]  # best first; among equal scores the lowest id
