@@ -46,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,27 @@ TOKEN_RANGE = (300, 4000)  # ordinary (non-special) ids that exist in every synt
 # ------------------------------------------------------------------------------------------- workers
 # Each worker measures one graph in a fresh process and prints one JSON line:
 #   {"context": {ctx: {"decode_ms": [...per step...], "prefill_s": float}}}
+
+
+def _timed(prefill: Callable[[], Any], step: Callable[[Any], Any], steps: int) -> tuple[float, list[float]]:
+    """(prefill seconds, ms of each decode step): `step` takes what the previous call returned."""
+    t0 = time.perf_counter()
+    state = prefill()
+    seconds = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state = step(state)
+        times.append((time.perf_counter() - t0) * 1000)
+    return seconds, times
+
+
+def _next_token(logits: Any) -> int:
+    """Greedy, kept to ordinary ids (a random model may pick a special token)."""
+    import numpy as np
+
+    token = int(np.argmax(logits))
+    return token if TOKEN_RANGE[0] <= token < TOKEN_RANGE[1] else 1000
 
 
 def _prompt(length: int, seed: int = 0) -> list[int]:
@@ -136,7 +158,6 @@ def worker_ours(model_dir: str, contexts: list[int], steps: int, threads: int, l
     `spin` overrides the runtime's idle-thread spinning default (onnxruntime-genai leaves onnxruntime's
     default, spinning on).
     """
-    import numpy as np
 
     from gemmacli.runtime import Model
 
@@ -158,16 +179,11 @@ def worker_ours(model_dir: str, contexts: list[int], steps: int, threads: int, l
     result: dict[str, Any] = {}
     for ctx in contexts:
         cache = model.new_cache()
-        t0 = time.perf_counter()
-        hidden = model.forward(cache, _prompt(ctx))
-        prefill = time.perf_counter() - t0
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            token = int(np.argmax(model.logits(hidden))) if logits else 1000
-            token = token if TOKEN_RANGE[0] <= token < TOKEN_RANGE[1] else 1000
-            hidden = model.forward(cache, [token])
-            times.append((time.perf_counter() - t0) * 1000)
+        prefill, times = _timed(
+            lambda cache=cache, ctx=ctx: model.forward(cache, _prompt(ctx)),
+            lambda hidden, cache=cache: model.forward(cache, [_next_token(model.logits(hidden)) if logits
+                                                              else 1000]),
+            steps)
         result[str(ctx)] = {"decode_ms": times, "prefill_s": prefill}
     return result
 
@@ -221,17 +237,8 @@ def worker_iobinding(model_dir: str, contexts: list[int], steps: int, threads: i
             length += len(ids)
             return binding.get_outputs()[0].numpy().reshape(-1)
 
-        t0 = time.perf_counter()
-        hidden = step(_prompt(ctx))
-        prefill = time.perf_counter() - t0
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            token = int(np.argmax(model.logits(hidden))) if logits else 1000
-            token = token if TOKEN_RANGE[0] <= token < TOKEN_RANGE[1] else 1000
-            hidden = step([token])
-            times.append((time.perf_counter() - t0) * 1000)
-        return prefill, times
+        return _timed(lambda: step(_prompt(ctx)),
+                      lambda hidden: step([_next_token(model.logits(hidden)) if logits else 1000]), steps)
 
     run(8)
     result: dict[str, Any] = {}
@@ -254,15 +261,7 @@ def worker_builder(model_dir: str, contexts: list[int], steps: int, threads: int
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=max(ctx + steps + 1, 1024), do_sample=False)
         gen = og.Generator(model, params)
-        t0 = time.perf_counter()
-        gen.append_tokens(_prompt(ctx))
-        prefill = time.perf_counter() - t0
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            gen.generate_next_token()
-            times.append((time.perf_counter() - t0) * 1000)
-        return prefill, times
+        return _timed(lambda: gen.append_tokens(_prompt(ctx)), lambda _: gen.generate_next_token(), steps)
 
     run(8)
     return {str(ctx): dict(zip(("prefill_s", "decode_ms"), run(ctx), strict=True)) for ctx in contexts}
@@ -418,18 +417,9 @@ def worker_graph(graph_path: str, contexts: list[int], steps: int, threads: int,
                 binding.bind_output(logits_name, "cpu")
             sess.run_with_iobinding(binding)
             length += len(ids)
-            token = int(np.argmax(out)) if len(ids) == 1 else 1000
-            return token if TOKEN_RANGE[0] <= token < TOKEN_RANGE[1] else 1000
+            return _next_token(out) if len(ids) == 1 else 1000
 
-        t0 = time.perf_counter()
-        token = step(_prompt(ctx))
-        prefill = time.perf_counter() - t0
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            token = step([token])
-            times.append((time.perf_counter() - t0) * 1000)
-        return prefill, times
+        return _timed(lambda: step(_prompt(ctx)), lambda token: step([token]), steps)
 
     run(8)
     return {str(ctx): dict(zip(("prefill_s", "decode_ms"), run(ctx), strict=True)) for ctx in contexts}
