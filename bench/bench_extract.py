@@ -5,7 +5,9 @@ same ~300-token input, same prompt token ids, same compact-JSON grammar (llguida
 Each side runs in its own fresh process (two sessions in one process slow each other), several times.
 Per side it prints, as medians over the runs:
   cold s      process-level: model load + llguidance tokenizer + first document (what one CLI call pays)
-  doc s       wall time per document once loaded (the batch case: mean over --docs repeats)
+  doc s       wall time per document once loaded (the batch case: median over --docs repeats, so one
+              document slowed by another process on a shared machine does not move it; the mean is in
+              the --json output)
   calls       model forward runs per document (prefill included)
   forced      share of output tokens the grammar decided (jump-forward / single-choice steps)
   overhead    decoder time outside onnxruntime, as a share of the document time (ours only: the peer's
@@ -84,10 +86,21 @@ def peer_schema() -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- workers
 
 
-def worker_ours(model_dir: str, docs: int, threads: int, max_tokens: int, prefix_cache: bool = True
-                ) -> dict[str, Any]:
-    """gemmacli.api.Extractor exactly as the CLI uses it; times from the first import."""
+def worker_ours(model_dir: str, docs: int, threads: int, max_tokens: int, prefix_cache: bool = True,
+                process_pool: bool = True) -> dict[str, Any]:
+    """gemmacli.api.Extractor exactly as the CLI uses it; times from the first import.
+
+    `process_pool`: set up the process as the `gemmacli` executable does (one onnxruntime thread pool for
+    the decoder and lm_head sessions); False measures what a library caller gets by default (a pool per
+    session, idle threads not spinning).
+    """
     t0 = time.perf_counter()
+    from gemmacli.runtime import PROCESS_POOL_ENV
+
+    if process_pool:
+        os.environ[PROCESS_POOL_ENV] = "1"
+    else:
+        os.environ.pop(PROCESS_POOL_ENV, None)
     from gemmacli.api import Extractor
     from gemmacli.prompt import encode_prompt
 
@@ -105,10 +118,10 @@ def worker_ours(model_dir: str, docs: int, threads: int, max_tokens: int, prefix
     prompt_ids = encode_prompt(extractor.model.tokenizer, extractor.model.config, SCHEMA, text,
                                max_tokens=max_tokens).ids
     last = results[-1][1]
-    wall = statistics.mean(w for w, _ in results)
     return {
         "cold_s": cold,
-        "doc_s": wall,
+        "doc_s": statistics.median(w for w, _ in results),
+        "doc_mean_s": statistics.mean(w for w, _ in results),
         "model_s": statistics.mean(r.model_seconds for _, r in results),
         "calls": last.model_calls,
         "generated": last.generated_tokens,
@@ -178,7 +191,8 @@ def worker_peer(model_dir: str, docs: int, threads: int, max_tokens: int, prompt
     first = one()
     cold = time.perf_counter() - t0
     runs = [one() for _ in range(docs)]
-    return {"cold_s": cold, "doc_s": statistics.mean(r[0] for r in runs), "calls": runs[-1][1],
+    return {"cold_s": cold, "doc_s": statistics.median(r[0] for r in runs),
+            "doc_mean_s": statistics.mean(r[0] for r in runs), "calls": runs[-1][1],
             "output_tokens": runs[-1][2], "text": runs[-1][3], "first_doc_s": first[0]}
 
 
@@ -208,12 +222,13 @@ def main() -> None:
     parser.add_argument("--builder", type=Path, help="the peer's builder graph folder (default: built from "
                         "the model's source checkpoint into bench/out/builder-<name>)")
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per side")
-    parser.add_argument("--docs", type=int, default=3, help="documents timed per process after the first")
+    parser.add_argument("--docs", type=int, default=5, help="documents timed per process after the first")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--kinds", default="ours,ours-noprefix,peer,peer-ff",
-                        help="comma list of ours, ours-noprefix (no prompt-head KV reuse), peer, peer-ff "
-                        "(the peer with llguidance's ff tokens enabled)")
+    parser.add_argument("--kinds", default="ours,ours-noprefix,ours-library,peer,peer-ff",
+                        help="comma list of ours (set up as the gemmacli executable), ours-noprefix (no "
+                        "prompt-head KV reuse), ours-library (a library caller's default thread pools), "
+                        "peer, peer-ff (the peer with llguidance's ff tokens enabled)")
     parser.add_argument("--json", type=Path, help="write every raw measurement here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="?", help=argparse.SUPPRESS)
@@ -242,6 +257,8 @@ def main() -> None:
     jobs: dict[str, tuple[str, str, list[Any]]] = {"ours": (sys.executable, "ours", ours_args)}
     if "ours-noprefix" in kinds:
         jobs["ours-noprefix"] = (sys.executable, "ours", [*ours_args, False])
+    if "ours-library" in kinds:
+        jobs["ours-library"] = (sys.executable, "ours", [*ours_args, True, False])
     peer_kinds = [k for k in kinds if k.startswith("peer")]
     if peer_kinds:
         builder = args.builder or ensure_builder(source_checkpoint(model_dir),
@@ -266,24 +283,24 @@ def main() -> None:
     print(f"model {model_dir} | threads {args.threads} | prompt {ours[0]['prompt_tokens']} tokens "
           f"(input {INPUT_TOKENS}) | {args.runs} interleaved rounds x {args.docs} docs | medians "
           "(min in brackets)")
-    print(f"{'side':10s} {'cold s':>8s} {'doc s':>8s} {'calls':>6s} {'out tok':>8s} {'forced':>7s} "
+    print(f"{'side':16s} {'cold s':>8s} {'doc s':>8s} {'calls':>6s} {'out tok':>8s} {'forced':>7s} "
           f"{'overhead':>9s} {'ratio':>6s}")
     sides: list[tuple[str, list[dict[str, Any]]]] = [("gemmacli", ours)]
     sides += [(k.replace("ours", "gemmacli"), v) for k, v in variants.items()]
     for label, runs in sides:
         side_doc = _median(runs, "doc_s")
-        overhead = 1 - _median(runs, "model_s") / side_doc
+        overhead = 1 - _median(runs, "model_s") / _median(runs, "doc_mean_s")
         tokens = runs[0]["generated"] + runs[0]["forced"]
-        print(f"{label:10s} {_median(runs, 'cold_s'):8.3f} {side_doc:8.3f} {runs[0]['calls']:6d} {tokens:8d} "
+        print(f"{label:16s} {_median(runs, 'cold_s'):8.3f} {side_doc:8.3f} {runs[0]['calls']:6d} {tokens:8d} "
               f"{runs[0]['forced'] / tokens:7.1%} {overhead:9.1%} {'':>6s} [doc {_min(runs, 'doc_s'):.3f}]")
     for kind, runs in peers.items():
         peer_doc = _median(runs, "doc_s")
-        print(f"{kind:10s} {_median(runs, 'cold_s'):8.3f} {peer_doc:8.3f} {runs[0]['calls']:6d} "
+        print(f"{kind:16s} {_median(runs, 'cold_s'):8.3f} {peer_doc:8.3f} {runs[0]['calls']:6d} "
               f"{runs[0]['output_tokens']:8d} {'':>7s} {'':>9s} {doc / peer_doc:6.2f} "
               f"[{_min(ours, 'doc_s') / _min(runs, 'doc_s'):.2f}]")
-    if variants and peers:
-        base = _median(next(iter(variants.values())), "doc_s")
-        print("ratio of gemmacli-noprefix to " + ", ".join(
+    for variant, variant_runs in variants.items():
+        base = _median(variant_runs, "doc_s")
+        print(f"ratio of {variant.replace('ours', 'gemmacli')} to " + ", ".join(
             f"{kind} {base / _median(runs, 'doc_s'):.2f}" for kind, runs in peers.items()))
     print(f"gemmacli output: {ours[0]['text']}")
     for kind, runs in peers.items():
