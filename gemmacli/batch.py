@@ -49,6 +49,7 @@ from gemmacli.errors import (
     InputOutputError,
     ModelError,
     SchemaError,
+    Terminated,
     UsageError,
 )
 from gemmacli.inputs import Source
@@ -613,6 +614,8 @@ def _outcomes_parallel(
                 try:
                     result = future.result()
                 except BrokenProcessPool as exc:
+                    if Terminated.requested:  # a group-wide SIGTERM reached the workers first
+                        raise Terminated from exc
                     raise ModelError(
                         "a worker process stopped unexpectedly (out of memory, or the model runtime crashed)",
                         hint="retry with fewer --jobs; add --debug for details",

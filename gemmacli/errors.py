@@ -19,6 +19,18 @@ class ExitStatus(IntEnum):
     MODEL = 4  # model missing or broken
     IO = 5  # input/output error
     INTERRUPTED = 130  # Ctrl-C
+    TERMINATED = 143  # SIGTERM (a cancelled CI job, `timeout`, `kill`): 128 + 15, as if uncaught
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by the executable's handler (gemmacli.cli.core.main).
+
+    A KeyboardInterrupt, so every path that stops cleanly on Ctrl-C (records kept, workers stopped, the
+    --resume hint) does the same here; only the exit status differs. `requested` stays True once the signal
+    came, for code that sees its side effects first (worker processes killed by a group-wide SIGTERM).
+    """
+
+    requested = False
 
 
 class GemmacliError(Exception):

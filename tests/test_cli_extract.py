@@ -656,15 +656,25 @@ def test_real_kill_9_mid_batch_then_resume_loses_and_duplicates_nothing(
     assert _recorded(workdir / "out.jsonl") == expected  # every source once, in order
 
 
-def test_real_ctrl_c_is_130_and_resume_finishes(real_model: str, workdir: Path) -> None:
+@pytest.mark.parametrize(
+    ("how", "jobs", "status"),
+    [("ctrl-c", "2", 130), ("sigterm", "2", 143), ("sigterm", "1", 143)],
+)
+def test_real_interrupt_keeps_the_records_and_resume_finishes(
+    real_model: str, workdir: Path, how: str, jobs: str, status: int
+) -> None:
     expected = [f"in/note{i:02d}.txt" for i in range(10)]
     notes(workdir / "in", 10)
-    argv = cli("extract", "--schema", "s.json", "in", "-o", "out.jsonl", "-m", real_model, "--jobs", "2")
-    process = subprocess.Popen(argv, env=subprocess_env(), stderr=subprocess.PIPE, text=True)
+    argv = cli("extract", "--schema", "s.json", "in", "-o", "out.jsonl", "-m", real_model, "--jobs", jobs)
+    process = subprocess.Popen(argv, env=subprocess_env(), stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     _wait_for_records(workdir / "out.jsonl", 1, process)
-    process.send_signal(signal.SIGINT)
+    if how == "ctrl-c":
+        process.send_signal(signal.SIGINT)
+    else:  # to the whole process group, as `timeout` and CI runners send it: the workers get it too
+        os.killpg(process.pid, signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
+    assert process.returncode == status, stderr
     assert "rerun with --resume" in stderr and "Traceback" not in stderr
     resumed = subprocess.run([*argv, "--resume"], env=subprocess_env(), capture_output=True, timeout=300)
     assert resumed.returncode == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -12,7 +13,7 @@ from rich.markup import escape
 
 from gemmacli import __version__
 from gemmacli.env import Environment
-from gemmacli.errors import ExitStatus, GemmacliError
+from gemmacli.errors import ExitStatus, GemmacliError, Terminated
 
 EXIT_CODES_HELP = """\
 exit codes:
@@ -22,7 +23,7 @@ exit codes:
   3    schema (or policy) invalid or unsupported
   4    model missing or broken
   5    input/output error
-  130  interrupted
+  130  interrupted (Ctrl-C); 143 after SIGTERM, with the same cleanup
 """
 
 
@@ -91,7 +92,10 @@ def raw_main(argv: Sequence[str] | None, env: Environment) -> ExitStatus:
             env.console.print_exception()
         _report(env, exc)
         return exc.exit_status
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):
+            env.console.print("[yellow]terminated[/yellow]")
+            return ExitStatus.TERMINATED
         env.console.print("[yellow]interrupted[/yellow]")
         return ExitStatus.INTERRUPTED
     except BrokenPipeError:
@@ -137,4 +141,11 @@ def _silence_stdout(env: Environment) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """The executable: this process is gemmacli's alone, so its models may share one thread pool."""
     os.environ.setdefault("GEMMACLI_PROCESS_THREAD_POOL", "1")  # gemmacli.runtime.PROCESS_POOL_ENV
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(int(raw_main(argv, Environment())))
+
+
+def _terminate(_signum: int, _frame: object) -> None:
+    """SIGTERM stops like Ctrl-C (what was written stays, --resume continues), then exits 143."""
+    Terminated.requested = True
+    raise Terminated
