@@ -139,11 +139,7 @@ class Extractor:
         self._validate = _validator(self.schema)
         self._hints = string_hints(self.schema)
 
-        # llguidance's token table: built on a thread during the first prefill (gemmacli.grammar).
         folder, config = self._model_folder(model)
-        self._tokenizer_build = TokenizerBuild(folder / "tokenizer.json", config.vocab_size,
-                                               list(config.eos_token_ids))
-
         if isinstance(model, (str, Path)):
             from gemmacli.runtime import Model
 
@@ -152,6 +148,12 @@ class Extractor:
             self.timings["model_load"] = time.perf_counter() - t0
         else:
             self.model = model
+        # llguidance's token table: built on a thread during the first prefill (gemmacli.grammar), from
+        # a cached table of the model's own tokenizer where it is Gemma's (gemmacli.tokens).
+        self._tokenizer_build = TokenizerBuild(folder / "tokenizer.json", config.vocab_size,
+                                               list(config.eos_token_ids),
+                                               encoder=getattr(self.model, "tokenizer", None),
+                                               bos=int(getattr(config, "bos_token_id", 2) or 2))
         manifest = getattr(self.model, "manifest", None) or {}
         self.model_name = str(manifest.get("name") or Path(self.model.folder).name)
         files = manifest.get("files")

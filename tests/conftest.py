@@ -100,6 +100,13 @@ def tiny_hub_repo_dir(tiny_fp32_model_dir: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _private_cache_home(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """What a run caches for later (llguidance token tables) goes to this test session's folder, never the
+    user's ~/.cache; tests that look at a cache pass their own folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+
+
+@pytest.fixture(autouse=True)
 def _no_checkout_store(monkeypatch: pytest.MonkeyPatch) -> None:
     """Models a developer keeps in ./onnx_models must not leak into any test's search path."""
     from gemmacli import store
