@@ -35,6 +35,8 @@ ERROR = "error"
 
 # The rule id an extraction error is reported under (SARIF needs a rule for every result).
 EXTRACTION_ERROR_RULE = "extraction-error"
+# The rule a value cut short by the repetition guard is reported under (a note: the file was still judged).
+REPEAT_GUARD_RULE = "extraction-cut-short"
 
 
 def sha256_text(text: str) -> str:
@@ -251,6 +253,8 @@ class FileOutcome:
     error: str | None = None
     error_kind: str | None = None  # "extraction" | "input"
     cached: bool = False
+    #: Values the repetition guard ended (gemmacli.loops): the policy judged a value cut short there.
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON Lines record and the cache entry (without `cached`, which is per run)."""
@@ -260,6 +264,8 @@ class FileOutcome:
         else:
             record["violations"] = [violation.to_dict() for violation in self.violations]
             record["data"] = self.data
+            if self.warnings:
+                record["warnings"] = list(self.warnings)
         return record
 
     @classmethod
@@ -276,13 +282,15 @@ class FileOutcome:
             error=error.get("message"),
             error_kind=error.get("kind"),
             cached=cached,
+            warnings=[str(w) for w in record.get("warnings", [])],
         )
 
 
-def judge(policy: Policy, source: str, path: Path | None, data: Any) -> FileOutcome:
+def judge(policy: Policy, source: str, path: Path | None, data: Any,
+          warnings: Sequence[str] = ()) -> FileOutcome:
     violations = evaluate(policy, data)
     return FileOutcome(source=source, path=path, status=VIOLATION if violations else PASS,
-                       violations=violations, data=data)
+                       violations=violations, data=data, warnings=list(warnings))
 
 
 @dataclass
@@ -416,4 +424,5 @@ class CheckRunner:
         except ExtractionFailed as exc:
             return FileOutcome(source=source.name, path=source.path, status=ERROR, error=exc.message,
                                error_kind="extraction")
-        return judge(self.policy, source.name, source.path, result.data)
+        return judge(self.policy, source.name, source.path, result.data,
+                     list(getattr(result, "repeats", ()) or ()))

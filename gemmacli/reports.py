@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from gemmacli import __version__
-from gemmacli.check import ERROR, EXTRACTION_ERROR_RULE, PASS, VIOLATION, FileOutcome, Policy, Violation
+from gemmacli.check import (
+    ERROR,
+    EXTRACTION_ERROR_RULE,
+    PASS,
+    REPEAT_GUARD_RULE,
+    VIOLATION,
+    FileOutcome,
+    Policy,
+    Violation,
+)
 
 FORMATS = ("jsonl", "junit", "sarif")
 SARIF_SCHEMA_URI = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -121,6 +130,9 @@ def junit_report(outcomes: Sequence[FileOutcome], policy: Policy, *, allow_error
         if outcome.status != ERROR and outcome.data is not None:
             system_out = ET.SubElement(case, "system-out")
             system_out.text = _xml_safe(json.dumps(outcome.data, ensure_ascii=False))
+        if outcome.warnings:
+            system_err = ET.SubElement(case, "system-err")
+            system_err.text = _xml_safe("\n".join(f"warning: {w}" for w in outcome.warnings))
     ET.indent(suites)
     return ET.tostring(suites, encoding="utf-8", xml_declaration=True) + b"\n"
 
@@ -164,6 +176,14 @@ def _sarif_rules(outcomes: Sequence[FileOutcome], policy: Policy) -> list[dict[s
                 "shortDescription": {"text": "the document could not be extracted, so it was not checked"},
                 "defaultConfiguration": {"level": "error"},
             }
+        if outcome.warnings and REPEAT_GUARD_RULE not in rules:
+            rules[REPEAT_GUARD_RULE] = {
+                "id": REPEAT_GUARD_RULE,
+                "name": "ExtractionCutShort",
+                "shortDescription": {"text": "the model repeated itself; gemmacli ended that value, and the "
+                                             "policy judged the value as cut short"},
+                "defaultConfiguration": {"level": "note"},
+            }
     return list(rules.values())
 
 
@@ -189,7 +209,15 @@ def sarif_report(outcomes: Sequence[FileOutcome], policy: Policy, *, allow_error
                     "locations": [location],
                     "properties": {"path": violation.path, "value": violation.value},
                 })
-        elif outcome.status == ERROR:
+        for warning in outcome.warnings:
+            results.append({
+                "ruleId": REPEAT_GUARD_RULE,
+                "ruleIndex": rule_index[REPEAT_GUARD_RULE],
+                "level": "note",
+                "message": {"text": warning},
+                "locations": [location],
+            })
+        if outcome.status == ERROR:
             results.append({
                 "ruleId": EXTRACTION_ERROR_RULE,
                 "ruleIndex": rule_index[EXTRACTION_ERROR_RULE],

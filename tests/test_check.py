@@ -19,7 +19,7 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from gemmacli.cache import ResultCache, default_cache_dir
 from gemmacli.check import (
     ERROR,
     PASS,
+    REPEAT_GUARD_RULE,
     VIOLATION,
     CheckRunner,
     CheckSummary,
@@ -55,6 +56,7 @@ NO_PII_POLICY = REPO / "schemas" / "policies" / "no-pii.json"
 @dataclass
 class FakeResult:
     data: Any
+    repeats: list[str] = field(default_factory=list)
 
 
 class RuleBasedExtractor:
@@ -75,12 +77,14 @@ class RuleBasedExtractor:
                if re.search(pattern, text)]
         secrets = [kind for kind, pattern in (("api_key", r"\bsk_\w+"), ("connection_string", r"://\w+:[^@\s]+@"))
                    if re.search(pattern, text)]
+        repeats = ["/pii_types/0: the model repeated itself; the value was ended there"] \
+            if "LOOPING" in text else []
         return FakeResult({
             "contains_pii": bool(pii), "pii_types": pii,
             "contains_secret": bool(secrets), "secret_types": secrets,
             "customer_named": "Corporation" in text,
             "risk": "high" if secrets else ("medium" if pii else "none"),
-        })
+        }, repeats)
 
 
 def fake_model_dir(tmp_path: Path) -> Path:
@@ -349,6 +353,31 @@ def test_cli_reports_on_stdout_and_to_file(fake_cli, tmp_path: Path, monkeypatch
 
     status, _, stderr = fake_cli("docs", "-o", "report.txt")
     assert status == ExitStatus.USAGE and "--format" in stderr
+
+
+def test_cli_reports_a_value_the_repetition_guard_cut_short_in_every_form(
+    fake_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A file judged on a value cut short still passes or fails on the policy, but never silently."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "loop.md").write_text("Nothing personal here. LOOPING\n")
+    cut = "/pii_types/0: the model repeated itself; the value was ended there"
+    for run in ("first", "cached"):
+        status, stdout, stderr = fake_cli("docs", "--format", "jsonl")
+        assert status == ExitStatus.OK
+        (record,) = [json.loads(line) for line in stdout.decode().splitlines()]
+        assert record["status"] == "pass" and record["warnings"] == [cut]
+        assert record["cached"] is (run == "cached")
+        assert f"warning: docs/loop.md: {cut}" in stderr
+    status, stdout, _ = fake_cli("docs", "--format", "junit")
+    (case,) = ET.fromstring(stdout).findall("./testsuite/testcase")
+    assert case.find("failure") is None and case.find("system-err").text == f"warning: {cut}"
+    status, stdout, _ = fake_cli("docs", "--format", "sarif")
+    run = json.loads(stdout)["runs"][0]
+    (result,) = run["results"]
+    assert (result["ruleId"], result["level"], result["message"]["text"]) == (REPEAT_GUARD_RULE, "note", cut)
+    assert run["tool"]["driver"]["rules"][result["ruleIndex"]]["id"] == REPEAT_GUARD_RULE
 
 
 def test_cli_second_run_hits_cache_and_reruns_changed_file(fake_cli, tmp_path: Path):

@@ -199,6 +199,8 @@ def _print_outcome(env: Environment, outcome: FileOutcome, allow_errors: bool) -
     """
     name = escape(outcome.source)
     cached = " [dim](cached)[/dim]" if outcome.cached else ""
+    for warning in outcome.warnings:  # a value cut short by the repetition guard: never silent
+        env.warn(f"{outcome.source}: {warning}")
     if outcome.status == PASS:
         env.info(f"[green]pass[/green]      {name}{cached}")
         return
