@@ -203,3 +203,22 @@ def build(tokenizer_json: str, sha256: str, n_vocab: int, eos_ids: Sequence[int]
     with contextlib.suppress(OSError):  # a read-only or full cache: the next run checks again, that is all
         _save(path, *derived)
     return ours, "checked"
+
+
+def prepare(folder: Path, environ: Mapping[str, str] | None = None) -> str:
+    """Check and store the token table of a model folder's tokenizer now, so that the first `extract` with
+    it already builds from the table; build()'s answer. `gemmacli model export|pull|synth` call it."""
+    import hashlib
+
+    from tokenizers import Tokenizer
+
+    from gemmacli.store import ModelConfig
+
+    config = ModelConfig.from_folder(folder)
+    path = Path(folder) / "tokenizer.json"
+    text = path.read_text(encoding="utf-8")
+    sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    _, how = build(text, sha256, config.vocab_size, list(config.eos_token_ids),
+                   encoder=Tokenizer.from_file(str(path)), bos=int(config.bos_token_id or 2),
+                   cache_dir=default_cache_dir(environ))
+    return how

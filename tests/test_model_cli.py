@@ -103,6 +103,9 @@ def test_export_int4_block_128_from_a_checkpoint(tmp_path: Path, tiny_fp32_model
     assert out.strip() == str(folder)
     for stage in ("check", "export", "split", "fuse", "quantize", "write"):
         assert f"  {stage}" in err
+    # the token table of its tokenizer is checked now, so the first extract does not pay for it
+    assert "token table of its tokenizer: checked and cached" in err
+    assert len(list((tmp_path / ".cache" / "gemmacli" / "tokens").glob("*.npz"))) == 1
     manifest = store.verify_model(folder)
     assert manifest["quantization"]["block_size"] == 128
     assert manifest["source"] == {"kind": "local", "path": str(Path(source).resolve())}

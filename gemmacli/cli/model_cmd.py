@@ -124,6 +124,7 @@ def _export(args: argparse.Namespace, env: Environment) -> ExitStatus:
     env.info(f"exporting {args.source} -> {destination}")
     export_model(args.source, destination, force=args.force, name=destination.name,
                  **_build_options(args, env))
+    _prepare_tokens(destination, env)
     env.write_data(f"{destination}\n".encode())
     return ExitStatus.OK
 
@@ -135,6 +136,7 @@ def _synth(args: argparse.Namespace, env: Environment) -> ExitStatus:
     env.info(f"synthesizing a random {args.size} Gemma 3 -> {destination}")
     synthesize(destination.name, args.size, destination, force=args.force,
                seed=SEED if args.seed is None else args.seed, **_build_options(args, env))
+    _prepare_tokens(destination, env)
     env.write_data(f"{destination}\n".encode())
     return ExitStatus.OK
 
@@ -145,8 +147,24 @@ def _pull(args: argparse.Namespace, env: Environment) -> ExitStatus:
     destination = destination_for(args.name, args.out_dir, env)
     pull_model(destination, repo=args.repo or DEFAULT_REPO, revision=args.revision, force=args.force,
                environ=env.environ, report=env.info)
+    _prepare_tokens(destination, env)
     env.write_data(f"{destination}\n".encode())
     return ExitStatus.OK
+
+
+def _prepare_tokens(folder: Path, env: Environment) -> None:
+    """The llguidance token table of the new model's tokenizer, checked and cached now (gemmacli.tokens), so
+    the first extract does not pay for the check. Only a speed-up: a failure here changes nothing else."""
+    from gemmacli import tokens
+
+    try:
+        how = tokens.prepare(folder, env.environ)
+    except Exception as exc:  # the model is installed; extract falls back to llguidance's own reading
+        if env.verbosity > 0:
+            env.info(f"llguidance token table not prepared: {type(exc).__name__}: {exc}")
+        return
+    if how in ("checked", "table"):
+        env.info("llguidance token table of its tokenizer: checked and cached")
 
 
 def _describe_format(manifest: dict) -> str:
