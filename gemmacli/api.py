@@ -153,7 +153,7 @@ class Extractor:
         self._tokenizer_build = TokenizerBuild(folder / "tokenizer.json", config.vocab_size,
                                                list(config.eos_token_ids),
                                                encoder=getattr(self.model, "tokenizer", None),
-                                               bos=int(getattr(config, "bos_token_id", 2) or 2))
+                                               bos=getattr(config, "bos_token_id", 2))
         manifest = getattr(self.model, "manifest", None) or {}
         self.model_name = str(manifest.get("name") or Path(self.model.folder).name)
         files = manifest.get("files")

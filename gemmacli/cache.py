@@ -14,15 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from gemmacli.files import write_atomically
-
-CACHE_SUBDIR = ("gemmacli", "check")
+from gemmacli.store import cache_home
 
 
 def default_cache_dir(environ: Mapping[str, str]) -> Path:
     """${XDG_CACHE_HOME:-~/.cache}/gemmacli/check, read from the given environment (tests swap it)."""
-    base = environ.get("XDG_CACHE_HOME") or ""
-    root = Path(base) if base else Path(environ.get("HOME") or Path.home()) / ".cache"
-    return root.joinpath(*CACHE_SUBDIR)
+    return cache_home(environ) / "check"
 
 
 class ResultCache:

@@ -99,10 +99,15 @@ def checkout_models_dir() -> Path | None:
     return None
 
 
-def user_models_dir(environ: Mapping[str, str] | None = None) -> Path:
+def cache_home(environ: Mapping[str, str] | None = None) -> Path:
+    """${XDG_CACHE_HOME:-~/.cache}/gemmacli: models, check results and token tables live under it."""
     env = _environ(environ)
     cache = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
-    return Path(cache) / "gemmacli" / "models"
+    return Path(cache) / "gemmacli"
+
+
+def user_models_dir(environ: Mapping[str, str] | None = None) -> Path:
+    return cache_home(environ) / "models"
 
 
 def model_search_path(environ: Mapping[str, str] | None = None) -> list[Path]:

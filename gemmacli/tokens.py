@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from gemmacli.files import write_atomically
+from gemmacli.store import cache_home
 
-CACHE_SUBDIR = ("gemmacli", "tokens")
 GEMMA_DECODERS = ["Replace", "ByteFallback", "Fuse"]
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 #: Text whose tokenization must be the same through the table's encoder as through llguidance's own.
@@ -39,10 +39,7 @@ PROBES = ('{"name":"', '","age":', '"a b"', " hello  world", "Zürich café ☃ 
 
 
 def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    base = env.get("XDG_CACHE_HOME") or ""
-    root = Path(base) if base else Path(env.get("HOME") or Path.home()) / ".cache"
-    return root.joinpath(*CACHE_SUBDIR)
+    return cache_home(environ) / "tokens"
 
 
 def is_gemma_structure(tokenizer_json: str) -> bool:
@@ -205,9 +202,11 @@ def build(tokenizer_json: str, sha256: str, n_vocab: int, eos_ids: Sequence[int]
     return ours, "checked"
 
 
+
 def prepare(folder: Path, environ: Mapping[str, str] | None = None) -> str:
     """Check and store the token table of a model folder's tokenizer now, so that the first `extract` with
-    it already builds from the table; build()'s answer. `gemmacli model export|pull|synth` call it."""
+    it already builds from the table; build()'s answer. `gemmacli model export|pull|synth` call it (not
+    through gemmacli.grammar.TokenizerBuild, whose per-process cache would skip a tokenizer built before)."""
     import hashlib
 
     from tokenizers import Tokenizer
@@ -217,8 +216,7 @@ def prepare(folder: Path, environ: Mapping[str, str] | None = None) -> str:
     config = ModelConfig.from_folder(folder)
     path = Path(folder) / "tokenizer.json"
     text = path.read_text(encoding="utf-8")
-    sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    _, how = build(text, sha256, config.vocab_size, list(config.eos_token_ids),
-                   encoder=Tokenizer.from_file(str(path)), bos=int(config.bos_token_id or 2),
-                   cache_dir=default_cache_dir(environ))
+    _, how = build(text, hashlib.sha256(text.encode("utf-8")).hexdigest(), config.vocab_size,
+                   list(config.eos_token_ids), encoder=Tokenizer.from_file(str(path)),
+                   bos=config.bos_token_id, cache_dir=default_cache_dir(environ))
     return how
