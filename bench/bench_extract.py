@@ -302,6 +302,10 @@ def main() -> None:
         base = _median(variant_runs, "doc_s")
         print(f"ratio of {variant.replace('ours', 'gemmacli')} to " + ", ".join(
             f"{kind} {base / _median(runs, 'doc_s'):.2f}" for kind, runs in peers.items()))
+    if "peer" in peers:  # the rounds are interleaved: round i of each side saw the same machine load
+        rounds = ", ".join(f"{o['doc_s'] / p['doc_s']:.2f}" for o, p in zip(ours, peers["peer"], strict=True))
+        cold = ", ".join(f"{o['cold_s'] / p['cold_s']:.2f}" for o, p in zip(ours, peers["peer"], strict=True))
+        print(f"gemmacli / peer per round: per document {rounds}; cold {cold}")
     print(f"gemmacli output: {ours[0]['text']}")
     for kind, runs in peers.items():
         print(f"{kind} output: {runs[0]['text']}")
