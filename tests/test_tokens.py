@@ -114,3 +114,19 @@ def test_decoding_through_the_table_gives_the_same_output(model: Any, tmp_path: 
                         DecodeOptions(max_tokens=120))
         outputs.append((result.tokens, result.forced_tokens, result.model_calls))
     assert outputs[0] == outputs[1]
+
+
+def test_a_full_262144_entry_gemma_vocabulary_checks_out(tmp_path: Path) -> None:
+    """The real size, its padding pieces included: what `model pull` installs is this shape."""
+    from tokenizers import Tokenizer
+
+    from gemmacli.synth import GEMMA3_270M_VOCAB, train_tokenizer
+
+    path = train_tokenizer(tmp_path / "tok", vocab_size=GEMMA3_270M_VOCAB)
+    text = path.read_text(encoding="utf-8")
+    encoder = Tokenizer.from_file(str(path))
+    tokenizer, how = tokens.build(text, "full-size", GEMMA3_270M_VOCAB, [1, 106], encoder=encoder,
+                                  cache_dir=tmp_path / "cache")
+    assert how == "checked" and tokenizer.vocab_size == GEMMA3_270M_VOCAB  # agreed token by token
+    assert tokens.build(text, "full-size", GEMMA3_270M_VOCAB, [1, 106], encoder=encoder,
+                        cache_dir=tmp_path / "cache")[1] == "table"
