@@ -175,7 +175,8 @@ def build(tokenizer_json: str, sha256: str, n_vocab: int, eos_ids: Sequence[int]
 
     "table": from the cached table (0.47 s at 262k); "checked": a cache miss: the table was derived, checked
     against llguidance's own reading, stored, and used (so every run decodes through the same machinery);
-    "llguidance": llguidance's own reading only (no encoder, not Gemma's structure, or the table disagreed).
+    "llguidance": llguidance's own reading only (no encoder, not Gemma's structure, or the table disagreed,
+    which is remembered beside the table's name so later runs do not derive and check it again).
     """
     from llguidance import LLTokenizer
 
@@ -188,19 +189,19 @@ def build(tokenizer_json: str, sha256: str, n_vocab: int, eos_ids: Sequence[int]
     stored = _load(path, n_vocab)
     if stored is not None:
         return from_table(*stored, encoder, n_vocab, eos_ids, bos), "table"
-    if not _writable(path.parent):  # the check would be paid again on every run: not worth it
+    differs = path.with_suffix(".differs")  # a table that failed its check: not derived and checked again
+    if differs.exists() or not _writable(path.parent):  # else the check would be paid on every run
         return theirs(), "llguidance"
     derived = derive_table(encoder, n_vocab)
     reference = theirs()
-    if derived is None:
-        return reference, "llguidance"
-    ours = from_table(*derived, encoder, n_vocab, eos_ids, bos)
-    if not agree(ours, reference):
+    ours = None if derived is None else from_table(*derived, encoder, n_vocab, eos_ids, bos)
+    if derived is None or not agree(ours, reference):
+        with contextlib.suppress(OSError):
+            write_atomically(differs, b"", make_parents=True)
         return reference, "llguidance"
     with contextlib.suppress(OSError):  # a read-only or full cache: the next run checks again, that is all
         _save(path, *derived)
     return ours, "checked"
-
 
 
 def prepare(folder: Path, environ: Mapping[str, str] | None = None) -> str:

@@ -77,6 +77,20 @@ def test_a_damaged_table_is_checked_again_and_rewritten(model: Any, tmp_path: Pa
     assert build(model, tmp_path)[1] == "table"
 
 
+def test_a_table_that_fails_its_check_is_not_checked_again(
+    model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tokens, "agree", lambda ours, theirs: False)
+    _, how = build(model, tmp_path)
+    assert how == "llguidance" and not list(tmp_path.glob("*.npz")) and list(tmp_path.glob("*.differs"))
+
+    def derive_again(*_args: Any) -> None:
+        raise AssertionError("derived again after a failed check")
+
+    monkeypatch.setattr(tokens, "derive_table", derive_again)
+    assert build(model, tmp_path)[1] == "llguidance"
+
+
 def test_a_cache_that_cannot_be_written_costs_no_check(model: Any, tmp_path: Path) -> None:
     """The check would be paid again on every run: llguidance's own reading, straight away."""
     blocker = tmp_path / "file"
