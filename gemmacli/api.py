@@ -14,7 +14,7 @@ class ExtractionResult:
 
 class Extractor:
     '''Loads the model and compiles the schema once; call .extract(text) many times (batches).'''
-    def __init__(self, schema, *, model: Model | str | Path = DEFAULT_MODEL, lenient=False,
+    def __init__(self, schema, *, model: Model | str | Path | None = None, lenient=False,
                  max_tokens=None, temperature=0.0, top_p=1.0, seed=None, instructions=None,
                  truncate=False, threads=None, warn=None)
         schema: a dict, or a LoadedSchema from gemmacli.schema.load_schema
@@ -23,9 +23,9 @@ class Extractor:
     schema_sha256: str; model_name: str; model_sha256: str
     def extract(self, text: str) -> ExtractionResult     raises ExtractionFailed (1)
 
-def extract(text, schema, *, model=DEFAULT_MODEL, **options) -> ExtractionResult
+def extract(text, schema, *, model=None, **options) -> ExtractionResult
 
-DEFAULT_MODEL = os.environ.get("GEMMACLI_MODEL", "gemma-3-270m-it")
+model=None: $GEMMACLI_MODEL, else the best installed model (gemmacli.store.default_model).
 
 max_tokens=None sizes the budget from the schema: max(1024, 2 x its smallest output + 64), at most half the
 model's context. A schema whose smallest output does not fit the budget is refused up front (SchemaError, 3).
@@ -45,13 +45,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gemmacli import store
 from gemmacli.decoder import DecodeOptions, decode
 from gemmacli.errors import ExtractionFailed, ModelError, SchemaError, UsageError
 from gemmacli.grammar import TokenizerBuild, compile_grammar, json_options, new_matcher
@@ -62,7 +62,6 @@ from gemmacli.sizing import smallest_json, string_hints
 if TYPE_CHECKING:
     from gemmacli.runtime import Model
 
-DEFAULT_MODEL = os.environ.get("GEMMACLI_MODEL", "gemma-3-270m-it")
 #: The budget when the user sets none, unless the schema's smallest output asks for more (`budget_for`).
 DEFAULT_MAX_TOKENS = 1024
 
@@ -99,7 +98,7 @@ class Extractor:
         self,
         schema: dict | LoadedSchema,
         *,
-        model: Model | str | Path = DEFAULT_MODEL,
+        model: Model | str | Path | None = None,
         lenient: bool = False,
         max_tokens: int | None = None,
         temperature: float = 0.0,
@@ -139,6 +138,8 @@ class Extractor:
         self._validate = _validator(self.schema)
         self._hints = string_hints(self.schema)
 
+        if model is None:
+            model = store.default_model()
         folder, config = self._model_folder(model)
         if isinstance(model, (str, Path)):
             from gemmacli.runtime import Model
@@ -274,7 +275,7 @@ def budget_for(schema: dict, model: Any, max_tokens: int | None) -> tuple[int, i
     return smallest, budget
 
 
-def extract(text: str, schema: dict | LoadedSchema, *, model: Model | str | Path = DEFAULT_MODEL,
+def extract(text: str, schema: dict | LoadedSchema, *, model: Model | str | Path | None = None,
             **options: Any) -> ExtractionResult:
     """One-shot convenience: build an Extractor and extract one document."""
     return Extractor(schema, model=model, **options).extract(text)

@@ -121,7 +121,8 @@ def decode(
     start = time.perf_counter() - model_seconds  # a prefill done by the caller counts as model time
     eos = set(int(e) for e in tokenizer.eos_tokens)
     n_vocab = int(tokenizer.vocab_size)
-    mask = Mask(n_vocab)
+    rows = int(getattr(getattr(model, "config", None), "vocab_size", n_vocab) or n_vocab)
+    mask = Mask(n_vocab, rows)
     threshold = options.lm_head_threshold
     if threshold is None:
         threshold = min(LM_HEAD_THRESHOLD, max(1, n_vocab // 16))
@@ -230,7 +231,7 @@ def decode(
             model_seconds += time.perf_counter() - t0
             if loop is not None:
                 if scratch is None:
-                    scratch = Mask(n_vocab)
+                    scratch = Mask(n_vocab, rows)
                 way_out = lead_out(ids, logits, loop, tokenizer, matcher, scratch, hints)
                 if way_out.note:
                     repeats.append(way_out.note)

@@ -371,7 +371,16 @@ def save_graph(model: Any, path: Path) -> None:
                     location=f"{path.name}.data", size_threshold=1024)
 
 
-def model_config_for(hf_config: dict[str, Any], exported: Path) -> store.ModelConfig:
+def kind_of_source(source: str, source_info: dict[str, Any] | None = None) -> str:
+    """"random" for synthesized weights; "instruct" when the checkpoint's name says so (-it, instruct, chat);
+    else "base" (Gemma's pretrained checkpoints carry a chat template too, so that is no sign)."""
+    if (source_info or {}).get("kind") == "synthetic":
+        return "random"
+    name = Path(source.rstrip("/")).name.lower()
+    return "instruct" if any(mark in name for mark in ("-it", "instruct", "chat")) else "base"
+
+
+def model_config_for(hf_config: dict[str, Any], exported: Path, kind: str = "base") -> store.ModelConfig:
     eos = set(GEMMA_EOS_IDS)
     for config_name in ("generation_config.json", "config.json"):
         path = exported / config_name
@@ -394,6 +403,7 @@ def model_config_for(hf_config: dict[str, Any], exported: Path) -> store.ModelCo
         hidden_size=int(hf_config["hidden_size"]),
         chat_template=template,
         model_type=str(hf_config.get("model_type")),
+        kind=kind,
     )
 
 
@@ -458,7 +468,7 @@ def export_into(folder: Path, source: str, *, name: str, precision: str = "int4"
             if not tokenizer.is_file():
                 raise ModelError(f"{source} has no fast tokenizer (tokenizer.json) and none could be built")
             shutil.copyfile(tokenizer, folder / "tokenizer.json")
-            model_config_for(hf_config, work).write(folder)
+            model_config_for(hf_config, work, kind_of_source(source, source_info)).write(folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     info = source_info or ({"kind": "local", "path": str(Path(source).expanduser().resolve())}

@@ -78,7 +78,7 @@ def fuse_attention(model: onnx.ModelProto, config: dict, *, max_positions: int |
     eps = float(cfg.get("rms_norm_eps", 1e-6))
     scale = float(cfg.get("query_pre_attn_scalar") or head_dim) ** -0.5
     window = cfg.get("sliding_window")
-    layer_types = _layer_types(cfg, len(layers))
+    layer_types = layer_types_of(cfg, len(layers))
     positions = int(max_positions or cfg.get("max_position_embeddings") or 8192)
     if window_cache_rows is not None and window and window_cache_rows < int(window):
         raise FuseError(f"window_cache_rows {window_cache_rows} is below the sliding window {window}")
@@ -86,7 +86,7 @@ def fuse_attention(model: onnx.ModelProto, config: dict, *, max_positions: int |
 
     new_nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
-    _add_shared_inputs(new_nodes, new_inits)
+    add_shared_inputs(new_nodes, new_inits)
     caches: dict[str, tuple[str, str]] = {}
 
     for i in layers:
@@ -104,14 +104,14 @@ def fuse_attention(model: onnx.ModelProto, config: dict, *, max_positions: int |
         kind = layer_types[i]
         windowed = bool(window_cache and kind == "sliding" and window)
         if kind not in caches:
-            cos, sin = _rotary_cache(cfg, kind, head_dim, positions)
+            cos, sin = rotary_cache(cfg, kind, head_dim, positions)
             caches[kind] = (f"gqa_{kind}_cos_cache", f"gqa_{kind}_sin_cache")
             new_inits += [numpy_helper.from_array(cos, caches[kind][0]),
                           numpy_helper.from_array(sin, caches[kind][1])]
 
         tag = f"/model/layers.{i}/attn_fused/"
-        q = _normed_heads(new_nodes, new_inits, tag + "q", proj["q"].output[0], q_w, n_heads, head_dim, eps)
-        k = _normed_heads(new_nodes, new_inits, tag + "k", proj["k"].output[0], k_w, n_kv, head_dim, eps)
+        q = normed_heads(new_nodes, new_inits, tag + "q", proj["q"].output[0], q_w, n_heads, head_dim, eps)
+        k = normed_heads(new_nodes, new_inits, tag + "k", proj["k"].output[0], k_w, n_kv, head_dim, eps)
         attn_out = tag + "GroupQueryAttention_output_0"
         new_nodes.append(helper.make_node(
             "GroupQueryAttention",
@@ -322,7 +322,7 @@ def _text_config(config: dict) -> dict:
     return config.get("text_config") or config
 
 
-def _layer_types(cfg: dict, n_layers: int) -> list[str]:
+def layer_types_of(cfg: dict, n_layers: int) -> list[str]:
     """'sliding' or 'full' per layer, from layer_types (transformers >= 4.53) or the sliding pattern."""
     types = cfg.get("layer_types")
     if types:
@@ -348,7 +348,7 @@ def _rope_params(cfg: dict, kind: str) -> tuple[float, float]:
     return float(cfg.get("rope_theta", 10_000.0)), factor
 
 
-def _rotary_cache(cfg: dict, kind: str, head_dim: int, positions: int) -> tuple[np.ndarray, np.ndarray]:
+def rotary_cache(cfg: dict, kind: str, head_dim: int, positions: int) -> tuple[np.ndarray, np.ndarray]:
     """GQA's cos/sin caches [positions, head_dim/2], computed like HF's default/linear rope in float32."""
     base, factor = _rope_params(cfg, kind)
     inv_freq = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
@@ -377,7 +377,7 @@ def _norm_weight(nodes: Iterable[onnx.NodeProto], prefix: str, inits: dict[str, 
     raise FuseError(f"no RMSNorm weight of shape [{head_dim}] under {prefix}")
 
 
-def _add_shared_inputs(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> None:
+def add_shared_inputs(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> None:
     """seqlens_k = sum(attention_mask) - 1 and total_sequence_length = mask width, int32 as GQA wants."""
     inits += [
         numpy_helper.from_array(np.array([1], dtype=np.int64), "gqa_axis_1"),
@@ -399,7 +399,7 @@ def _add_shared_inputs(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto
     ]
 
 
-def _normed_heads(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], tag: str, x: str, weight: str,
+def normed_heads(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], tag: str, x: str, weight: str,
                   heads: int, head_dim: int, eps: float) -> str:
     """Per-head RMSNorm of a projection [b, s, heads*d] in BSNH layout, flattened back for GQA."""
     split, merged = f"{tag}_shape_split", f"{tag}_shape_merged"

@@ -54,7 +54,11 @@ class TokenizerBuild:
         self.bos = int(bos)
         self.cache_dir = cache_dir
         self.how = ""  # gemmacli.tokens.build's answer: "table", "checked", "llguidance" ("" when cached)
-        self.n_vocab = int(n_vocab)
+        # A tokenizer may name more ids than the model has rows (Gemma 3's real one: 262,145 entries,
+        # <image_soft_token> = 262144, for 262,144 rows): llguidance gets the tokenizer's size, and the
+        # decoder's masks never allow an id past the model's rows (gemmacli.grammar.Mask).
+        self.model_rows = int(n_vocab)
+        self.n_vocab = max(int(n_vocab), tokenizer_size(encoder))
         self.eos_ids = tuple(int(e) for e in eos_ids)
         try:
             self._text = self.path.read_text(encoding="utf-8")
@@ -202,17 +206,36 @@ def new_matcher(tokenizer: Any, grammar: Grammar) -> Any:
 _BIT = np.arange(32, dtype=np.uint32)
 
 
-class Mask:
-    """One reusable bitmask buffer: fill it from a matcher, then ask for the allowed token ids."""
+def tokenizer_size(encoder: Any) -> int:
+    """Ids a tokenizers.Tokenizer can produce (added tokens included); 0 without one."""
+    if encoder is None or not hasattr(encoder, "get_vocab_size"):
+        return 0
+    return int(encoder.get_vocab_size(with_added_tokens=True))
 
-    def __init__(self, n_vocab: int) -> None:
-        self.n_vocab = n_vocab
+
+class Mask:
+    """One reusable bitmask buffer: fill it from a matcher, then ask for the allowed token ids.
+
+    `n_vocab` is the grammar's vocabulary (the tokenizer's); `rows`, when fewer, the model's: ids at or past
+    it have no logits, so fill() clears them and they are never allowed, counted or chosen.
+    """
+
+    def __init__(self, n_vocab: int, rows: int | None = None) -> None:
+        self.n_vocab = n_vocab if rows is None else min(n_vocab, rows)
         self.words = np.zeros((n_vocab + 31) // 32, dtype=np.int32)
         self._ptr = self.words.ctypes.data
         self._nbytes = self.words.nbytes
+        self._tail: tuple[int, np.int32] | None = None
+        if self.n_vocab < n_vocab:
+            word, bit = divmod(self.n_vocab, 32)
+            self._tail = (word, np.int32(np.uint32((1 << bit) - 1).view(np.int32)))
 
     def fill(self, matcher: Any) -> None:
         matcher.unsafe_compute_mask_ptr(self._ptr, self._nbytes)
+        if self._tail is not None:
+            word, keep = self._tail
+            self.words[word] &= keep
+            self.words[word + 1:] = 0
 
     def count(self) -> int:
         if hasattr(np, "bitwise_count"):  # numpy >= 2.0

@@ -1,8 +1,13 @@
-"""The user turn the model reads: an instruction, a field guide built from the schema, the text.
+"""The prompt the model reads: an instruction, a field guide built from the schema, the text.
 
-Gemma has no system role, so everything sits in one user turn:
-`<bos><start_of_turn>user\n…<end_of_turn>\n<start_of_turn>model\n`. The grammar enforces the shape; the
-guide tells the model what each field *means* and that missing information is null/empty, not invented.
+Two styles, by the kind of model (gemmacli.json `kind`):
+- chat (instruction-tuned and random-weight models): Gemma has no system role, so everything sits in one
+  user turn: `<bos><start_of_turn>user\n…<end_of_turn>\n<start_of_turn>model\n`.
+- document (pretrained "base" models, which never saw chat turns): the same instruction and guide as plain
+  text, then the text and `JSON:`, so the answer reads as the document's continuation. On the real base
+  model the chat turns gave `"name":"m.m.m…"` where this style copies the name from the text.
+The grammar enforces the shape; the guide tells the model what each field *means* and that missing
+information is null/empty, not invented.
 """
 
 from __future__ import annotations
@@ -149,6 +154,15 @@ def user_turn(schema: dict, text: str, instructions: str | None = None, *, level
     return turn_head(schema, instructions, level=level) + _neutralise(text.strip())
 
 
+#: What follows the text in the document style: the answer starts on the next line.
+DOCUMENT_CLOSING = "\n\nJSON:\n"
+
+
+def style_for(config: Any) -> str:
+    """"document" for a pretrained base model, else "chat" (gemmacli.store.ModelConfig.kind)."""
+    return "document" if getattr(config, "kind", "instruct") == "base" else "chat"
+
+
 @dataclass
 class Prompt:
     ids: list[int]
@@ -169,10 +183,15 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
     bos = int(getattr(config, "bos_token_id", 2))
     context = int(getattr(config, "context_length", 32768))
     sot, eot = _special(tokenizer, "<start_of_turn>", 105), _special(tokenizer, "<end_of_turn>", 106)
-    closing = [eot, *_encode(tokenizer, "\n"), sot, *_encode(tokenizer, "model\n")]
+    if style_for(config) == "document":
+        opening: list[int] = []
+        closing = _encode(tokenizer, DOCUMENT_CLOSING)
+    else:
+        opening = [sot, *_encode(tokenizer, "user\n")]
+        closing = [eot, *_encode(tokenizer, "\n"), sot, *_encode(tokenizer, "model\n")]
 
     def head_ids(level: int) -> list[int]:
-        return [bos, sot, *_encode(tokenizer, "user\n" + turn_head(schema, instructions, level=level))]
+        return [bos, *opening, *_encode(tokenizer, turn_head(schema, instructions, level=level))]
 
     def body_ids(body: str) -> list[int]:
         return _encode(tokenizer, _neutralise(body.strip())) + closing

