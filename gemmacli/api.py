@@ -46,7 +46,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,10 +54,18 @@ from typing import TYPE_CHECKING, Any
 from gemmacli import store
 from gemmacli.decoder import DecodeOptions, decode
 from gemmacli.errors import ExtractionFailed, ModelError, SchemaError, UsageError
-from gemmacli.grammar import TokenizerBuild, compile_grammar, json_options, new_matcher
-from gemmacli.prompt import Prompt, count_tokens, encode_prompt
+from gemmacli.grammar import (
+    TokenizerBuild,
+    close_objects,
+    compile_grammar,
+    json_options,
+    lark_grammar,
+    new_matcher,
+)
+from gemmacli.prompt import Demonstration, Prompt, count_tokens, encode_prompt
 from gemmacli.schema import LoadedSchema, canonical_json, check_schema, join_pointer, schema_sha256
 from gemmacli.sizing import smallest_json, string_hints
+from gemmacli.spans import MODES, has_spans, span_grammar
 
 if TYPE_CHECKING:
     from gemmacli.runtime import Model
@@ -111,6 +119,8 @@ class Extractor:
         pretty: bool = False,
         prefix_cache: bool = True,
         repeat_guard: bool = True,
+        spans: str = "annotated",
+        examples: Sequence[Demonstration] = (),
     ) -> None:
         if isinstance(schema, LoadedSchema):
             self.schema: dict = schema.schema
@@ -125,6 +135,7 @@ class Extractor:
         if temperature < 0 or not 0 < top_p <= 1:
             raise UsageError("--temperature must be >= 0 and --top-p in (0, 1]")
         self.instructions = instructions
+        self.examples = tuple(examples)
         self.truncate = truncate
         self.timings: dict[str, float] = {}
 
@@ -135,6 +146,12 @@ class Extractor:
             if warn is not None:
                 warn(message)
         self.grammar = compile_grammar(compile_schema, pretty=pretty)
+        if spans not in MODES:
+            raise UsageError(f"spans must be one of {', '.join(MODES)}, not {spans!r}")
+        # Span fields (gemmacli.spans): a grammar per document, holding its text. Compact output only.
+        self._span_schema = close_objects(compile_schema) if not pretty else None
+        spanned = self._span_schema is not None and has_spans(self._span_schema, spans)
+        self._spans = spans if spanned else "none"
         self._validate = _validator(self.schema)
         self._hints = string_hints(self.schema)
 
@@ -183,8 +200,13 @@ class Extractor:
             raise ModelError("model must be a name, a folder or a gemmacli.runtime.Model")
         return Path(folder), config
 
-    def _new_matcher(self) -> Any:
+    def _new_matcher(self, text: str) -> Any:
+        """The schema's matcher (reused, reset), or one bound to this text's spans (gemmacli.spans)."""
         tokenizer = self._tokenizer_build.result()
+        if self._spans != "none" and self._span_schema is not None:
+            lark = span_grammar(self._span_schema, text, self._spans)
+            if lark is not None:
+                return new_matcher(tokenizer, lark_grammar(lark))
         if self._matcher is None:
             self._matcher = new_matcher(tokenizer, self.grammar)
         else:
@@ -222,12 +244,13 @@ class Extractor:
         model = self.model
         prompt = encode_prompt(model.tokenizer, model.config, self.schema, text,
                                instructions=self.instructions, max_tokens=self.max_tokens,
+                               examples=self.examples,
                                truncate=self.truncate)
         # In the first document of a process llguidance builds its token table during the prefill
         # (gemmacli.grammar.TokenizerBuild); later documents find it cached.
         self._tokenizer_build.start()
         cache, hidden, calls, model_seconds = self._prefill(prompt)
-        matcher = self._new_matcher()
+        matcher = self._new_matcher(text)
         tokenizer = self._tokenizer_build.result()
         self.timings["tokenizer_build"] = self._tokenizer_build.build_seconds
         self.timings["tokenizer_wait"] = self._tokenizer_build.wait_seconds

@@ -53,6 +53,7 @@ from gemmacli.errors import (
     UsageError,
 )
 from gemmacli.inputs import Source
+from gemmacli.prompt import Demonstration
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class ExtractOptions:
     lenient: bool = False
     max_tokens: int | None = None  # None: sized from the schema (gemmacli.api.budget_for)
     repeat_guard: bool = True
+    spans: str = "annotated"
+    examples: tuple[Demonstration, ...] = ()
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
@@ -99,6 +102,8 @@ def build_extractor(options: ExtractOptions) -> ExtractorLike:
         lenient=options.lenient,
         max_tokens=options.max_tokens,
         repeat_guard=options.repeat_guard,
+        spans=options.spans,
+        examples=options.examples,
         temperature=options.temperature,
         top_p=options.top_p,
         seed=options.seed,

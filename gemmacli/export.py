@@ -265,57 +265,39 @@ def quantize_int4(model: Any, *, block_size: int, accuracy_level: int | None,
 
 def share_embedding_with_lm_head(decoder: Any, lm_head_on_disk: Any, *, data_file: str,
                                  block_size: int) -> str | None:
-    """Replace the tied embedding's Gather with GatherBlockQuantized over the lm_head's int4 bytes.
+    """Replace the tied embedding's Gather with GatherBlockQuantized over the lm_head's quantized bytes.
 
     `lm_head_on_disk` is the saved lm_head.onnx (loaded without its data), whose MatMulNBits weights live in
-    `data_file`: the decoder's new initializers point at the same bytes (B is [V, K/2] packed rows, the
-    layout GatherBlockQuantized reads for uint8 data). Returns the replaced embedding's name, or None.
+    `data_file`: the decoder's new initializers point at the same bytes
+    (gemmacli.models.builder.embedding_from_lm_head). Returns the replaced embedding's name, or None.
     """
-    import onnx
     from onnx import helper
 
-    node = next((n for n in lm_head_on_disk.graph.node if n.op_type == "MatMulNBits"), None)
-    if node is None:
+    from gemmacli.models.builder import embedding_from_lm_head
+
+    shared = embedding_from_lm_head(lm_head_on_disk, data_file, block_size)
+    if shared is None:
         return None
-    attrs = {a.name: a.i for a in node.attribute}
-    hidden, vocab = attrs["K"], attrs["N"]
-    if hidden % block_size:  # MatMulNBits pads rows to whole blocks; GatherBlockQuantized reads [V, K/2]
-        return None
-    blocks = hidden // block_size
+    vocab, packed_width = (int(d) for d in shared.tensors[0].dims)
+    hidden = packed_width * 8 // shared.bits
     graph = decoder.graph
     initializers = {init.name: init for init in graph.initializer}
     gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] in initializers
                    and list(initializers[n.input[0]].dims) == [vocab, hidden]), None)
     if gather is None:
         return None
-    on_disk = {init.name: init for init in lm_head_on_disk.graph.initializer}
-    shapes = {"data": [vocab, hidden // 2], "scales": [vocab, blocks],
-              "zero_points": [vocab, -(-blocks // 2)]}
-    names = [name for name in node.input[1:4] if name]  # symmetric: no zero points (both ops assume 8)
-    shared = []
-    for (role, dims), source_name in zip(list(shapes.items())[: len(names)], names, strict=True):
-        source = on_disk[source_name]
-        tensor = onnx.TensorProto(name=f"gemmacli_embedding_{role}", data_type=source.data_type)
-        tensor.dims.extend(dims)
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        entries = {e.key: e.value for e in source.external_data}
-        if entries.get("location") != data_file:
-            return None
-        for key in ("location", "offset", "length"):
-            if key in entries:
-                tensor.external_data.add(key=key, value=entries[key])
-        shared.append(tensor)
     embedding = gather.input[0]
     replacement = helper.make_node(
-        "GatherBlockQuantized", [shared[0].name, gather.input[1], *(t.name for t in shared[1:])],
+        "GatherBlockQuantized",
+        [shared.tensors[0].name, gather.input[1], *(t.name for t in shared.tensors[1:])],
         list(gather.output), name="gemmacli/embedding", domain=MS_DOMAIN,
-        gather_axis=0, quantize_axis=1, block_size=block_size, bits=4)
+        gather_axis=0, quantize_axis=1, block_size=block_size, bits=shared.bits)
     index = list(graph.node).index(gather)
     graph.node.remove(gather)
     graph.node.insert(index, replacement)
     if not _consumers(graph, embedding):
         graph.initializer.remove(initializers[embedding])
-    graph.initializer.extend(shared)
+    graph.initializer.extend(shared.tensors)
     if not any(o.domain == MS_DOMAIN for o in decoder.opset_import):
         decoder.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return embedding

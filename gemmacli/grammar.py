@@ -191,6 +191,17 @@ def compile_grammar(schema: dict, *, pretty: bool = False, closed: bool = True) 
     return Grammar(grammar, False)
 
 
+def lark_grammar(lark: str) -> Grammar:
+    """A grammar from llguidance's Lark syntax (gemmacli.spans writes one per document)."""
+    from llguidance import LLMatcher
+
+    grammar = LLMatcher.grammar_from_lark(lark)
+    is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        raise SchemaError(f"the grammar engine refused the span grammar: {messages[0] if messages else '?'}")
+    return Grammar(grammar, True)
+
+
 def new_matcher(tokenizer: Any, grammar: Grammar) -> Any:
     """A fresh LLMatcher (one per document); SchemaError when llguidance refuses it with this vocabulary."""
     from llguidance import LLMatcher

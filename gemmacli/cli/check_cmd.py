@@ -30,6 +30,7 @@ from gemmacli.cli.commands import (
     add_model_options,
     default_model,
     positive_int,
+    read_examples,
     read_instructions,
 )
 from gemmacli.env import Environment
@@ -142,13 +143,15 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
     model_ref = _model_ref(args, env)
     instructions = read_instructions(args.instructions)  # the text, so editing an @FILE re-runs the model
+    examples = read_examples(args, loaded_schema, env)
     fingerprint: dict[str, Any] = {
         "gemmacli": __version__,
         "schema": loaded_schema.sha256,
         "policy": policy.sha256,
         "model": model_fingerprint(model_ref, env),
         "options": {"max_tokens": args.max_tokens, "lenient": args.lenient, "repeat_guard": args.repeat_guard,
-                    "instructions": instructions},
+                    "spans": args.spans, "instructions": instructions,
+                    "examples": [[e.text, e.answer] for e in examples]},
     }
 
     def make_extractor() -> Any:
@@ -156,7 +159,9 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
         env.verbose(f"loading model {model_ref}")
         return Extractor(loaded_schema, model=model_ref, lenient=args.lenient, max_tokens=args.max_tokens,
-                         repeat_guard=args.repeat_guard, instructions=instructions, threads=args.threads,
+                         repeat_guard=args.repeat_guard, spans=args.spans, examples=examples,
+                         instructions=instructions,
+                         threads=args.threads,
                          warn=lambda _message: None)  # the schema's warnings were printed above
 
     cache = None

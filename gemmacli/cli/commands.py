@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from gemmacli.env import Environment
 from gemmacli.errors import InputOutputError
@@ -43,6 +44,9 @@ def add_model_options(group: argparse._ActionsContainer, *, default_model: str) 
     group.add_argument("--max-tokens", type=positive_int, default=None, metavar="N",
                        help="generation budget per input; running out is a failure (default: 1024, or twice "
                             "the schema's smallest output when that is more)")
+    group.add_argument("--spans", choices=("annotated", "all", "none"), default="annotated",
+                       help="string fields whose value must be a verbatim span of the text: those the schema "
+                            'marks "x-gemmacli": {"span": true} (default), every plain string field, or none')
     group.add_argument("--no-repeat-guard", dest="repeat_guard", action="store_false",
                        help="let a model that repeats itself run into --max-tokens instead of ending the "
                             "looping value (which is reported on stderr)")
@@ -50,6 +54,11 @@ def add_model_options(group: argparse._ActionsContainer, *, default_model: str) 
                        help="drop schema keywords the decoder cannot enforce (warned; output is still "
                             "validated against them) instead of exit 3")
     group.add_argument("--instructions", metavar="TEXT|@FILE", help="extra instructions for the model")
+    group.add_argument("--examples", metavar="FILE.jsonl|none",
+                       help='worked examples shown before the text: JSON Lines {"text", "label"} whose '
+                            "labels validate against the schema (default: the bundled schema's own, if any)")
+    group.add_argument("--shots", type=int, default=None, metavar="N",
+                       help="how many of the examples to show (default: 2)")
 
 
 def add_decoding_options(group: argparse._ActionsContainer) -> None:
@@ -87,3 +96,16 @@ def default_model(env: Environment) -> str:
         env.info(f"model: {name} (no --model given; "
                  f"{'from $GEMMACLI_MODEL' if env.environ.get('GEMMACLI_MODEL') else 'best installed'})")
     return name
+
+
+def read_examples(args: argparse.Namespace, loaded: Any, env: Environment) -> tuple[Any, ...]:
+    """--examples / --shots -> the demonstrations for the prompt (gemmacli.examples), named under -v."""
+    from gemmacli import examples
+
+    path = examples.resolve_source(getattr(args, "examples", None), loaded)
+    if path is None:
+        return ()
+    shots = examples.DEFAULT_SHOTS if getattr(args, "shots", None) is None else args.shots
+    found = examples.load_examples(examples.ExampleSource(path), loaded.schema, shots)
+    env.verbose(f"prompt: {examples.describe(found, path)}")
+    return found

@@ -14,6 +14,7 @@ from gemmacli.cli.commands import (
     add_decoding_options,
     add_model_options,
     default_model,
+    read_examples,
     read_instructions,
 )
 from gemmacli.env import Environment
@@ -186,6 +187,8 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
         lenient=args.lenient,
         max_tokens=args.max_tokens,
         repeat_guard=args.repeat_guard,
+        spans=args.spans,
+        examples=read_examples(args, options_schema, env),
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
