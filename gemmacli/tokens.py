@@ -71,7 +71,11 @@ def derive_table(encoder: Any, n_vocab: int) -> tuple[list[bytes], list[int]] | 
     vocab: dict[str, int] = encoder.get_vocab(with_added_tokens=True)
     if len(vocab) != n_vocab or max(vocab.values()) != n_vocab - 1:
         return None
-    special = sorted(i for i, token in encoder.get_added_tokens_decoder().items() if token.special)
+    # llguidance reads an added token as special when the file says so or when it looks like `<name>`
+    # (Gemma 3's <unusedN>, <mask> and HTML tags are added but not flagged special in tokenizer.json).
+    special = sorted(i for i, token in encoder.get_added_tokens_decoder().items()
+                     if token.special or (len(token.content) > 2 and token.content.startswith("<")
+                                          and token.content.endswith(">")))
     strings = [""] * n_vocab
     for text, i in vocab.items():
         strings[i] = text

@@ -144,3 +144,20 @@ def test_a_full_262144_entry_gemma_vocabulary_checks_out(tmp_path: Path) -> None
     assert how == "checked" and tokenizer.vocab_size == GEMMA3_270M_VOCAB  # agreed token by token
     assert tokens.build(text, "full-size", GEMMA3_270M_VOCAB, [1, 106], encoder=encoder,
                         cache_dir=tmp_path / "cache")[1] == "table"
+
+
+def test_gemma_3s_published_tokenizer_checks_out(tmp_path: Path) -> None:
+    """The real tokenizer.json (262,145 entries; <unusedN>, <mask> and HTML tags added but not flagged
+    special, which llguidance reads as special all the same) builds from the checked table, not from
+    llguidance's slower reading; a GGUF import writes the same structure."""
+    import hashlib
+
+    from tokenizers import Tokenizer
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "reference" / "gemma-3-tokenizer" / "tokenizer.json"
+    text = path.read_text(encoding="utf-8")
+    encoder = Tokenizer.from_file(str(path))
+    size = encoder.get_vocab_size(with_added_tokens=True)
+    _, how = tokens.build(text, hashlib.sha256(text.encode()).hexdigest(), size, [1, 106], encoder=encoder,
+                          cache_dir=tmp_path)
+    assert how == "checked"
