@@ -154,7 +154,8 @@ def test_gemma_3s_published_tokenizer_checks_out(tmp_path: Path) -> None:
 
     from tokenizers import Tokenizer
 
-    path = Path(__file__).resolve().parents[2] / "shared" / "reference" / "gemma-3-tokenizer" / "tokenizer.json"
+    reference = Path(__file__).resolve().parents[2] / "shared" / "reference"
+    path = reference / "gemma-3-tokenizer" / "tokenizer.json"
     text = path.read_text(encoding="utf-8")
     encoder = Tokenizer.from_file(str(path))
     size = encoder.get_vocab_size(with_added_tokens=True)
