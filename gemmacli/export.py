@@ -345,12 +345,13 @@ def _silence_library_loggers() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def save_graph(model: Any, path: Path) -> None:
-    """External data always (lm_head's bytes are shared by the decoder's embedding lookup)."""
+def save_graph(model: Any, path: Path, size_threshold: int = 1024) -> None:
+    """External data always (lm_head's bytes are shared by the decoder's embedding lookup); tensors below
+    `size_threshold` bytes stay inside the graph file."""
     import onnx
 
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=f"{path.name}.data", size_threshold=1024)
+                    location=f"{path.name}.data", size_threshold=size_threshold)
 
 
 def kind_of_source(source: str, source_info: dict[str, Any] | None = None) -> str:
@@ -358,8 +359,10 @@ def kind_of_source(source: str, source_info: dict[str, Any] | None = None) -> st
     else "base" (Gemma's pretrained checkpoints carry a chat template too, so that is no sign)."""
     if (source_info or {}).get("kind") == "synthetic":
         return "random"
+    from gemmacli.models.gguf_file import INSTRUCT_MARK
+
     name = Path(source.rstrip("/")).name.lower()
-    return "instruct" if any(mark in name for mark in ("-it", "instruct", "chat")) else "base"
+    return "instruct" if INSTRUCT_MARK.search(name) else "base"
 
 
 def model_config_for(hf_config: dict[str, Any], exported: Path, kind: str = "base") -> store.ModelConfig:

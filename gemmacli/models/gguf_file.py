@@ -9,6 +9,7 @@ embedding never needs more than one slice of float32 beside it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ ARCHITECTURE = "gemma3"
 LOCAL_ROPE_BASE = 10_000.0
 SLIDING_WINDOW_PATTERN = 6
 GEMMA_END_OF_TURN = "<end_of_turn>"
+INSTRUCT_MARK = re.compile(r"(?:^|[\s\-_.])(?:it|instruct|chat)(?:$|[\s\-_.])")
 
 
 def require_gguf() -> Any:
@@ -138,9 +140,8 @@ class GGUFModel:
         words = " ".join(str(self.field(k) or "") for k in ("general.finetune", "general.name",
                                                              "general.basename")).lower()
         words += " " + self.path.name.lower()
-        if any(mark in words for mark in ("-it", " it", "instruct", "chat")):
-            return "instruct"
-        return "base"
+        # whole words only: "Gemma 3 Italian" and "…-items.gguf" are not instruction-tuned
+        return "instruct" if INSTRUCT_MARK.search(words) else "base"
 
     # -------------------------------------------------------------------------------------- tensors
 

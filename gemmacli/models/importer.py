@@ -84,7 +84,7 @@ def import_into(folder: Path, gguf_path: Path, *, name: str, options: ImportOpti
         (folder / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
     with stages.stage("lm_head", f"{options.precision}, {config['vocab_size']} rows"):
         lm_head = builder.build_lm_head(model, config, build)
-        save_graph(lm_head, folder / "lm_head.onnx")
+        save_graph(lm_head, folder / "lm_head.onnx", size_threshold=0)  # every weight shareable
         head_weights = _quantized_names(lm_head)
         del lm_head
     with stages.stage("decoder", f"{config['num_hidden_layers']} blocks, fused"):
@@ -149,8 +149,8 @@ def _quantization(options: ImportOptions, decoder: list[str], head: list[str],
         "method": "gemmacli.models.quant (blockwise asymmetric, MatMulNBits layout) of the de-quantized GGUF",
         "accuracy_level": {"model.onnx": options.accuracy_level, "lm_head.onnx": options.accuracy_level},
         "tensors": {"model.onnx": decoder, "lm_head.onnx": head},
-        "embedding": ("GatherBlockQuantized over the lm_head's int4 bytes (lm_head.onnx.data)"
-                      if shared_embedding else "GatherBlockQuantized of its own"),
+        "embedding": ("GatherBlockQuantized over the lm_head's quantized bytes (lm_head.onnx.data)"
+                      if shared_embedding else "fp32 Gather"),
     }
 
 

@@ -1,0 +1,70 @@
+"""Quality levers on the shared dev sets: `gemmacli eval` per (set, configuration), one table.
+
+    python bench/eval_sweep.py [--sets sroie,conllpp] [--configs plain,ex2,ex2-spans] [-n 40] [--model M]
+
+Each run writes its JSON report to bench/eval/<set>--<config>.json (kept in git: the figures behind the
+table in bench/README.md) and the table is printed in Markdown. Only train and dev are read: examples come
+from the set's train.jsonl, scores from its dev.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATASETS = HERE.parent.parent / "shared" / "datasets"
+OUT = HERE / "eval"
+SETS = ("banking77", "clinc150", "conllpp", "wnut17", "sroie", "restaurant8k", "sst2", "uci_sentiment")
+
+#: configuration name -> extra `gemmacli eval` flags ({train} is the set's train.jsonl)
+CONFIGS: dict[str, list[str]] = {
+    "plain": ["--examples", "none", "--spans", "none"],
+    "spans": ["--examples", "none", "--spans", "all"],
+    "ex2": ["--examples", "{train}", "--shots", "2", "--spans", "none"],
+    "ex2-spans": ["--examples", "{train}", "--shots", "2", "--spans", "all"],
+    "ex4-spans": ["--examples", "{train}", "--shots", "4", "--spans", "all"],
+}
+
+
+def run(dataset: str, config: str, limit: int | None, model: str | None) -> dict:
+    folder = DATASETS / dataset
+    flags = [f.replace("{train}", str(folder / "train.jsonl")) for f in CONFIGS[config]]
+    out = OUT / f"{dataset}--{config}.json"
+    command = [sys.executable, "-m", "gemmacli", "eval", "--schema", str(folder / "schema.json"),
+               "--data", str(folder / "dev.jsonl"), "-o", str(out), "-q", *flags]
+    if limit:
+        command += ["-n", str(limit)]
+    if model:
+        command += ["-m", model]
+    subprocess.run(command, check=False)
+    return json.loads(out.read_text()) if out.is_file() else {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--configs", default="plain,ex2,ex2-spans")
+    parser.add_argument("-n", "--limit", type=int, default=None, help="first N dev records per set")
+    parser.add_argument("--model", default=None)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    print("| set | config | n | failed | overall | fields | s/record |")
+    print("|---|---|---|---|---|---|---|")
+    for dataset in args.sets.split(","):
+        for config in args.configs.split(","):
+            report = run(dataset, config, args.limit, args.model)
+            if not report:
+                print(f"| {dataset} | {config} | - | - | - | (no report) | - |")
+                continue
+            fields = ", ".join(f"{path} {row['score']:.2f}" for path, row in report["fields"].items())
+            print(f"| {dataset} | {config} | {report['records']} | {report['failures']} | "
+                  f"{report['overall']:.3f} | {fields} | {report['seconds_per_record']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
