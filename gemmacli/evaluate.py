@@ -3,8 +3,8 @@
 Every field is scored at its JSON path (`customer.name`, `items[]`):
 - scalars: exact match after normalising case, runs of whitespace and trailing punctuation (and 36 == 36.0);
   a null label is a value too: null against null is right;
-- arrays of scalars (entity lists): micro set precision / recall / F1 over the normalised items; arrays of
-  objects the same, over each object's normalised canonical JSON;
+- arrays of scalars (entity lists): micro set precision / recall / F1 over the normalised items (as sets:
+  a repeated item counts once); arrays of objects the same, over each object's normalised canonical JSON;
 - objects: field by field, down the tree.
 A value where the label is null (or an item where the label list is empty) is a *hallucination*, counted
 apart from plain mistakes: a model that invents is worse than one that misses. An extraction that failed
@@ -150,16 +150,16 @@ class Scorer:
 
     def _score_set(self, path: str, prediction: Any, label: list[Any]) -> None:
         score = self._field(path, "set")
-        wanted = Counter(_key(v) for v in label)
-        found = Counter(_key(v) for v in prediction) if isinstance(prediction, list) else Counter()
-        hits = sum((wanted & found).values())
+        wanted = {_key(v) for v in label}  # sets: a name listed twice is still one name
+        found = {_key(v) for v in prediction} if isinstance(prediction, list) else set()
+        hits = len(wanted & found)
         score.true_positives += hits
-        score.false_positives += sum(found.values()) - hits
-        score.false_negatives += sum(wanted.values()) - hits
+        score.false_positives += len(found) - hits
+        score.false_negatives += len(wanted) - hits
         if not label:
-            score.hallucinated += sum(found.values())
+            score.hallucinated += len(found)
         elif not found:
-            score.missed += sum(wanted.values())
+            score.missed += len(wanted)
 
     @property
     def overall(self) -> float:

@@ -54,31 +54,46 @@ def closing_tokens(tokenizer: Any, in_string: bool) -> np.ndarray:
 
 class JsonLexer:
     """Where the output is in the JSON: inside a string or not, and how deep in containers. Fed the bytes
-    of each token; `last` says whether the latest token ended a value and whether it held structure."""
+    of each token; `last` says whether the latest token ended a value and whether it held structure;
+    `array_items` lists the strings that ended as items of an array in the latest token (with its depth)."""
 
     def __init__(self) -> None:
         self.in_string = False
         self.depth = 0
         self._escaped = False
         self.last = (False, False)  # (ended a value, held JSON structure: a quote, , : { } [ ])
+        self._containers: list[int] = []  # the open containers' opening bytes
+        self._string = bytearray()
+        self.array_items: list[tuple[int, bytes]] = []
 
     def feed(self, data: bytes) -> None:
         ended = structure = False
+        self.array_items = []
         for byte in data:
             if self._escaped:
                 self._escaped = False
+                self._string.append(byte)
             elif self.in_string and byte == 0x5C:  # backslash
                 self._escaped = True
+                self._string.append(byte)
             elif byte == 0x22:  # quote
                 ended = ended or self.in_string
+                if self.in_string and self._containers[-1:] == [0x5B]:
+                    self.array_items.append((self.depth, bytes(self._string)))
                 self.in_string = not self.in_string
+                self._string.clear()
                 structure = True
-            elif not self.in_string and byte in b"{[":
+            elif self.in_string:
+                self._string.append(byte)
+            elif byte in b"{[":
                 self.depth += 1
+                self._containers.append(byte)
                 structure = True
-            elif not self.in_string and byte in b",}]:":
+            elif byte in b",}]:":
                 ended = ended or byte != 0x3A
-                self.depth -= byte in b"}]"
+                if byte in b"}]":
+                    self.depth -= 1
+                    del self._containers[-1:]
                 structure = True
         self.last = (ended, structure)
 
@@ -122,6 +137,8 @@ class RepeatGuard:
         self.leading = False  # a way out was taken; forget the loop once the value ends
         self.close_below: int | None = None  # closing a container: until depth drops below this
         self._structure_at = -1  # index of the last token holding JSON structure (a quote, , : { } [ ])
+        self._items: dict[int, set[bytes]] = {}  # strings already in each open array, by its depth
+        self._repeated: Loop | None = None  # an array item written twice: a loop, reported once
 
     def forget(self) -> None:
         """Start afresh once a looping value is ended: the loop must not trip the next value. (After a
@@ -152,9 +169,26 @@ class RepeatGuard:
         history.append(token)
         if (ended and self.leading) or (self.close_below is not None and self.depth < self.close_below):
             self.forget()
+        self._track_items(token)
+
+    def _track_items(self, token: int) -> None:
+        """An array of strings that gets an item it already holds (`["Lebanon","Lebanon",…`) is a loop: a
+        list of names has each once. The array is closed from here (the repeat itself is already written)."""
+        for depth in [d for d in self._items if d > self.depth]:
+            del self._items[depth]  # arrays that closed
+        for depth, item in self.position.array_items:
+            seen = self._items.setdefault(depth, set())
+            if item in seen and self.close_below is None:
+                self.close_below = depth
+                unit = [int(t) for t in self.tokenizer.tokenize_str(item.decode("utf-8", "replace"))]
+                self._repeated = Loop(unit or [token], 2, set(), False, structural=True)
+            seen.add(item)
 
     def loop(self) -> Loop | None:
         """The loop the output is in now, if any."""
+        if self._repeated is not None:
+            found, self._repeated = self._repeated, None
+            return found
         if self.close_below is not None:
             return Loop([], 0, set(), self.in_string, structural=True, closing=True)
         hits = (self.runs >= 2 * self.periods) & (self.runs + self.periods >= self.span)

@@ -183,3 +183,40 @@ def test_a_loop_of_whole_members_closes_its_object() -> None:
     assert guard.loop() is not None and guard.loop().closing  # type: ignore[union-attr]  # until it is closed
     guard.push(ord("}"))
     assert guard.loop() is None and guard.depth == 2
+
+
+class _PieceTokenizer:
+    """Token i is the i-th piece; enough of llguidance's tokenizer for the guard."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+        self.vocab_size = len(pieces)
+
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        return b"".join(self.pieces[i] for i in ids)
+
+    def tokenize_str(self, text: str) -> list[int]:
+        return [self.pieces.index(text.encode())] if text.encode() in self.pieces else []
+
+
+def test_an_array_that_gets_an_item_twice_is_closed() -> None:
+    """`["Lebanon","Lebanon",…` (seen on the real model): a list of names holds each once, so the second
+    copy is a loop: the guard reports it once and closes the array (not the object around it)."""
+    from gemmacli.loops import RepeatGuard
+
+    pieces = [b'{"a":[', b'"', b"x", b"y", b",", b"]", b"}", b'"b":', b"x,y"]
+    tokenizer = _PieceTokenizer(pieces)
+    guard = RepeatGuard(tokenizer)
+    ids = {p: i for i, p in enumerate(pieces)}
+    for piece in [b'{"a":[', b'"', b"x", b'"', b",", b'"', b"y", b'"', b",", b'"', b"x,y", b'"', b","]:
+        guard.push(ids[piece])
+        assert guard.loop() is None  # distinct items, even one that contains a comma
+    for piece in [b'"', b"y", b'"']:
+        guard.push(ids[piece])
+    loop = guard.loop()
+    assert loop is not None and loop.structural and not loop.closing
+    assert "'y'" in loop.describe(tokenizer)
+    closing = guard.loop()
+    assert closing is not None and closing.closing  # reported once; then closing until the array ends
+    guard.push(ids[b"]"])
+    assert guard.loop() is None

@@ -141,6 +141,7 @@ def _report(records: list[Any], outcomes: dict[str, dict[str, Any]], schema: dic
     scorer = Scorer(schema)
     failed = []
     seconds = []
+    predictions = []
     for record in records:
         outcome = outcomes.get(record.id, {"ok": False, "error": {"message": "not extracted"}})
         if outcome.get("ok"):
@@ -149,8 +150,10 @@ def _report(records: list[Any], outcomes: dict[str, dict[str, Any]], schema: dic
         else:
             scorer.add(None, record.label, failed=True)
             failed.append({"id": record.id, "message": outcome["error"]["message"]})
+        predictions.append({"id": record.id, "label": record.label, "predicted": outcome.get("data")})
     report = scorer.report()
     report["failed"] = failed
+    report["predictions"] = predictions  # last: the record-by-record view, for reading the mistakes
     report["seconds"] = round(elapsed, 2)
     report["records_per_second"] = round(len(records) / elapsed, 3) if elapsed else None
     report["seconds_per_record"] = round(sum(seconds) / len(seconds), 3) if seconds else None
