@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 from gemmacli import store
 from gemmacli.decoder import DecodeOptions, decode
 from gemmacli.errors import ExtractionFailed, ModelError, SchemaError, UsageError
+from gemmacli.examples import Examples
 from gemmacli.grammar import (
     TokenizerBuild,
     close_objects,
@@ -120,7 +121,7 @@ class Extractor:
         prefix_cache: bool = True,
         repeat_guard: bool = True,
         spans: str = "annotated",
-        examples: Sequence[Demonstration] = (),
+        examples: Examples | Sequence[Demonstration] = (),
     ) -> None:
         if isinstance(schema, LoadedSchema):
             self.schema: dict = schema.schema
@@ -135,7 +136,8 @@ class Extractor:
         if temperature < 0 or not 0 < top_p <= 1:
             raise UsageError("--temperature must be >= 0 and --top-p in (0, 1]")
         self.instructions = instructions
-        self.examples = tuple(examples)
+        self.examples = examples if isinstance(examples, Examples) else Examples(tuple(examples),
+                                                                                  len(examples))
         self.truncate = truncate
         self.timings: dict[str, float] = {}
 
@@ -244,7 +246,8 @@ class Extractor:
         model = self.model
         prompt = encode_prompt(model.tokenizer, model.config, self.schema, text,
                                instructions=self.instructions, max_tokens=self.max_tokens,
-                               examples=self.examples,
+                               examples=self.examples.for_text(text),
+                               examples_in_head=not self.examples.per_text,
                                truncate=self.truncate)
         # In the first document of a process llguidance builds its token table during the prefill
         # (gemmacli.grammar.TokenizerBuild); later documents find it cached.

@@ -52,8 +52,8 @@ from gemmacli.errors import (
     Terminated,
     UsageError,
 )
+from gemmacli.examples import Examples
 from gemmacli.inputs import Source
-from gemmacli.prompt import Demonstration
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class ExtractOptions:
     max_tokens: int | None = None  # None: sized from the schema (gemmacli.api.budget_for)
     repeat_guard: bool = True
     spans: str = "annotated"
-    examples: tuple[Demonstration, ...] = ()
+    examples: Examples = field(default_factory=Examples)
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None

@@ -15,8 +15,11 @@ Bundled schemas may ship their own examples as `schemas/examples/NAME.jsonl`; th
 from __future__ import annotations
 
 import json
+import math
+import re
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +27,55 @@ from gemmacli.errors import InputOutputError, UsageError
 from gemmacli.prompt import Demonstration
 from gemmacli.schema import LoadedSchema, schemas_dir
 
+SELECTIONS = ("fixed", "similar")
+#: Records read from an examples file for `--select similar` (the pool every text picks its examples from).
+POOL_LIMIT = 20000
+_WORD = re.compile(r"\w+")
+
 #: How many examples go into the prompt unless --shots says otherwise: enough to show nulls and copying,
 #: few enough that the prompt head (prefilled once per batch) stays short. On the bundled contact example
 #: the real base model got every field right with 2, and invented values with 1 or 3 (a small model is
 #: that sensitive; `gemmacli eval` measures it per data set).
 DEFAULT_SHOTS = 2
 NONE = "none"
+
+
+@dataclass(frozen=True)
+class Examples:
+    """The worked examples of a run: `fixed`, the first `shots` for every text (they sit in the prompt
+    head, prefilled once per batch); `similar`, the `shots` of the pool that share the most rare words with
+    the text (a cheap lexical choice: idf-weighted word overlap), chosen per text."""
+
+    pool: tuple[Demonstration, ...] = ()
+    shots: int = DEFAULT_SHOTS
+    select: str = "fixed"
+    idf: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECTIONS:
+            raise UsageError(f"--select must be one of {', '.join(SELECTIONS)}, not {self.select!r}")
+        if self.select == "similar" and not self.idf:
+            counts: Counter[str] = Counter()
+            for example in self.pool:
+                counts.update(set(_words(example.text)))
+            total = len(self.pool) + 1
+            self.idf.update({w: math.log(total / (1 + n)) + 1.0 for w, n in counts.items()})
+
+    @property
+    def per_text(self) -> bool:
+        return self.select == "similar" and len(self.pool) > self.shots
+
+    def for_text(self, text: str) -> tuple[Demonstration, ...]:
+        if not self.per_text:
+            return self.pool[: self.shots]
+        words = set(_words(text))
+        scores = [sum(self.idf.get(w, 0.0) for w in words & set(_words(e.text))) for e in self.pool]
+        best = sorted(range(len(self.pool)), key=lambda i: (-scores[i], i))[: self.shots]
+        return tuple(self.pool[i] for i in sorted(best, key=lambda i: scores[i]))  # most similar last
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.casefold())
 
 
 @dataclass(frozen=True)

@@ -147,9 +147,10 @@ def demonstrations_block(examples: Sequence[Demonstration]) -> str:
 
 
 def turn_head(schema: dict, instructions: str | None = None, *, level: int = 0,
-              examples: Sequence[Demonstration] = ()) -> str:
+              examples: Sequence[Demonstration] = (), examples_follow: bool = False) -> str:
     """The prompt up to the text: instruction, field guide, null/empty guidance, user instructions, then
-    worked examples (with them, the text follows as one more `Text: `, as in the examples)."""
+    worked examples (with them, the text follows as one more `Text: `, as in the examples).
+    `examples_follow`: the examples are chosen per text and follow the head (it ends at `Examples:`)."""
     parts = [INSTRUCTION]
     guide = field_guide(schema, **GUIDE_LEVELS[level])
     if guide:
@@ -163,6 +164,8 @@ def turn_head(schema: dict, instructions: str | None = None, *, level: int = 0,
         parts.append("Instructions: " + instructions.strip())
     if examples:
         parts.append("Examples:\n\n" + demonstrations_block(examples) + "Text: ")
+    elif examples_follow:
+        parts.append("Examples:\n\n")
     else:
         parts.append("Text:\n")
     return _neutralise("\n\n".join(parts))
@@ -196,12 +199,14 @@ class Prompt:
 
 def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instructions: str | None = None,
                   max_tokens: int = 1024, truncate: bool = False,
-                  examples: Sequence[Demonstration] = ()) -> Prompt:
-    """Token ids of the Gemma chat prompt; ExtractionFailed when prompt + max_tokens exceed the context.
+                  examples: Sequence[Demonstration] = (), examples_in_head: bool = True) -> Prompt:
+    """Token ids of the prompt; ExtractionFailed when prompt + max_tokens exceed the context.
 
     The head (up to "Text:\n") and the text are tokenized separately, so the head's tokens never depend
     on the text (Gemma's "\n" is a piece of its own: the boundary costs nothing). With truncate=True the
-    text (never the instruction or the guide) is cut from the end to fit.
+    text (never the instruction or the guide) is cut from the end to fit. Worked examples sit in the head
+    (one set for a whole batch, prefilled once), or, `examples_in_head=False` (chosen per text), open the
+    body after a head that ends at "Examples:" ("\n\n" is a piece of its own too).
     """
     bos = int(getattr(config, "bos_token_id", 2))
     context = int(getattr(config, "context_length", 32768))
@@ -213,12 +218,16 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
         opening = [sot, *_encode(tokenizer, "user\n")]
         closing = [eot, *_encode(tokenizer, "\n"), sot, *_encode(tokenizer, "model\n")]
 
+    in_head = tuple(examples) if examples_in_head else ()
+    lead = "" if examples_in_head or not examples else demonstrations_block(examples) + "Text: "
+
     def head_ids(level: int) -> list[int]:
         return [bos, *opening, *_encode(tokenizer, turn_head(schema, instructions, level=level,
-                                                             examples=examples))]
+                                                             examples=in_head,
+                                                             examples_follow=bool(lead)))]
 
     def body_ids(body: str) -> list[int]:
-        return _encode(tokenizer, _neutralise(body.strip())) + closing
+        return _encode(tokenizer, _neutralise(lead + body.strip())) + closing
 
     budget = context - max_tokens
     body = body_ids(text)

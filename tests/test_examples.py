@@ -89,3 +89,29 @@ def test_an_examples_file_that_does_not_fit_the_schema_is_exit_2(tiny_model_dir:
                        str(tmp_path / "nope.jsonl")], b"Ada",
                       environ={"HOME": str(tmp_path), "NO_COLOR": "1"})
     assert missing.status == 5 and "cannot read examples file" in missing.stderr
+
+
+def test_similar_selection_picks_per_text_and_keeps_the_head_cacheable(tiny_model_dir: Path) -> None:
+    """--select similar: the examples sharing the most rare words, the most similar next to the text; the
+    head (instruction and guide) stays the same for every text, so a batch still prefills it once."""
+    from tokenizers import Tokenizer
+
+    from gemmacli.examples import Examples
+    from gemmacli.prompt import Demonstration
+
+    pool = tuple(Demonstration(t, "{}") for t in ["the cat sat", "a dog barked loudly", "dog food prices",
+                                                    "weather is fine"])
+    examples = Examples(pool, 2, "similar")
+    assert [e.text for e in examples.for_text("my dog barked")] == ["dog food prices", "a dog barked loudly"]
+    assert Examples(pool, 2, "fixed").for_text("my dog barked") == pool[:2]
+    assert not Examples(pool[:2], 2, "similar").per_text  # a pool no larger than --shots: all, in the head
+    tokenizer = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
+    config = store.ModelConfig(kind="base", vocab_size=tokenizer.get_vocab_size())
+    heads = set()
+    for text in ("my dog barked", "the cat is fine"):
+        chosen = examples.for_text(text)
+        prompt = encode_prompt(tokenizer, config, SCHEMA, text, examples=chosen, examples_in_head=False)
+        heads.add(tuple(prompt.ids[: prompt.prefix_len]))
+        body = tokenizer.decode(prompt.ids[prompt.prefix_len:], skip_special_tokens=False)
+        assert body.startswith(f"Text: {chosen[0].text}") and f"Text: {text}\nJSON:" in body
+    assert len(heads) == 1

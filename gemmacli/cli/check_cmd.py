@@ -151,7 +151,8 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
         "model": model_fingerprint(model_ref, env),
         "options": {"max_tokens": args.max_tokens, "lenient": args.lenient, "repeat_guard": args.repeat_guard,
                     "spans": args.spans, "instructions": instructions,
-                    "examples": [[e.text, e.answer] for e in examples]},
+                    "examples": [[e.text, e.answer] for e in examples.pool], "shots": examples.shots,
+                    "select": examples.select},
     }
 
     def make_extractor() -> Any:

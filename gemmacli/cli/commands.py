@@ -59,6 +59,9 @@ def add_model_options(group: argparse._ActionsContainer, *, default_model: str) 
                             "labels validate against the schema (default: the bundled schema's own, if any)")
     group.add_argument("--shots", type=int, default=None, metavar="N",
                        help="how many of the examples to show (default: 2)")
+    group.add_argument("--select", choices=("fixed", "similar"), default="fixed",
+                       help="which examples: the first N for every text (default; prefilled once per batch) "
+                            "or, per text, the N sharing the most rare words with it")
 
 
 def add_decoding_options(group: argparse._ActionsContainer) -> None:
@@ -98,14 +101,17 @@ def default_model(env: Environment) -> str:
     return name
 
 
-def read_examples(args: argparse.Namespace, loaded: Any, env: Environment) -> tuple[Any, ...]:
-    """--examples / --shots -> the demonstrations for the prompt (gemmacli.examples), named under -v."""
+def read_examples(args: argparse.Namespace, loaded: Any, env: Environment) -> Any:
+    """--examples / --shots / --select -> gemmacli.examples.Examples for the prompt, named under -v."""
     from gemmacli import examples
 
     path = examples.resolve_source(getattr(args, "examples", None), loaded)
     if path is None:
-        return ()
+        return examples.Examples()
     shots = examples.DEFAULT_SHOTS if getattr(args, "shots", None) is None else args.shots
-    found = examples.load_examples(examples.ExampleSource(path), loaded.schema, shots)
-    env.verbose(f"prompt: {examples.describe(found, path)}")
-    return found
+    select = getattr(args, "select", "fixed")
+    limit = examples.POOL_LIMIT if select == "similar" else shots
+    pool = examples.load_examples(examples.ExampleSource(path), loaded.schema, limit)
+    env.verbose(f"prompt: {examples.describe(pool[:shots], path)}"
+                + (f", chosen per text from {len(pool)}" if select == "similar" else ""))
+    return examples.Examples(pool, shots, select)

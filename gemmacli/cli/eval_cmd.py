@@ -106,7 +106,8 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
     elapsed = time.monotonic() - started
     report = _report(records, sink.records, loaded.schema, elapsed)
     report |= {"schema": args.schema, "data": str(args.data), "model": model, "spans": args.spans,
-               "examples": len(examples), "jobs": jobs}
+               "examples": {"pool": len(examples.pool), "shots": examples.shots, "select": examples.select},
+               "jobs": jobs}
     _print_table(report, env)
     _write_report(report, args, env)
     if args.min_score is not None and report["overall"] < args.min_score:
@@ -128,10 +129,10 @@ class _Collect:
         return None
 
 
-def _warn_on_overlap(examples: tuple[Any, ...], records: list[Any], env: Environment) -> None:
+def _warn_on_overlap(examples: Any, records: list[Any], env: Environment) -> None:
     """An example that is also a scored record inflates the score: say so."""
     texts = {r.text.strip() for r in records}
-    shared = sum(e.text.strip() in texts for e in examples)
+    shared = sum(e.text.strip() in texts for e in examples.pool)
     if shared:
         env.warn(f"{shared} worked example(s) are also records being scored: the score is inflated")
 
