@@ -27,6 +27,8 @@ CONFIGS: dict[str, list[str]] = {
     "ex2": ["--examples", "{train}", "--shots", "2", "--spans", "none"],
     "ex2-spans": ["--examples", "{train}", "--shots", "2", "--spans", "all"],
     "ex4-spans": ["--examples", "{train}", "--shots", "4", "--spans", "all"],
+    "sim4": ["--examples", "{train}", "--shots", "4", "--select", "similar", "--spans", "none"],
+    "sim4-spans": ["--examples", "{train}", "--shots", "4", "--select", "similar", "--spans", "all"],
 }
 
 
