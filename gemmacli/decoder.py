@@ -227,7 +227,7 @@ class _Decoding:
         # Where the output is in the JSON; the repetition guard reads it too.
         self.position = JsonLexer()
         self.guard = RepeatGuard(tokenizer, self.position) if options.repeat_guard else None
-        # The lazy choice is a greedy shortcut, and the jump-forward guarantees it never meets a forced step.
+        # Greedy only: the lazy choice is an argmax. Off without jump-forward too, as it has always been.
         self.lazy = options.lazy_mask and options.jump_forward and self.sampler.temperature <= 0.0
         self.probes = _single_token_probes(tokenizer)
 
