@@ -11,6 +11,17 @@ Three things make it fast, none of which changes what greedy decoding would prod
 One thing does change it, on purpose: the repetition guard (gemmacli.loops). When the model is stuck in a
 loop, the guard narrows that step's choice to a way out of it, so a loop ends in valid JSON (reported in
 `repeats`) rather than in a spent budget. It only ever narrows the grammar's allowed set, deterministically.
+
+How to read it: `decode` builds a `_Decoding` (the state of one run) and runs it. Each step of
+`_Decoding._step` takes exactly one of these ways, tried in this order:
+  forced   the grammar alone decides the next tokens (`_jump_forward`); they are queued, not fed yet;
+  lazy     greedy, inside a string: the full logits first, then the best token the grammar accepts, with
+           no mask at all (`_lazy_choice`); falls through to the masked choice when none is found;
+  masked   the grammar's mask, then logits for the allowed tokens only (`_masked_choice`); a mask that
+           allows one token needs no logits; at a loop the choice is narrowed (`_lead_out`), or a text
+           the grammar takes is forced instead.
+Queued tokens reach the model only when a choice needs logits (`_model_input`), all in one forward call.
+Every path that adds tokens to the output checks the budget first (`_check_budget`).
 """
 
 from __future__ import annotations
@@ -18,13 +29,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from gemmacli.errors import ExtractionFailed
 from gemmacli.grammar import Mask
-from gemmacli.loops import JsonLexer, RepeatGuard, lead_out
+from gemmacli.loops import JsonLexer, Loop, RepeatGuard, lead_out
 
 #: In free text most of the vocabulary is allowed, and its mask is the dearest (4-5 ms for the first token
 #: of a length-bounded string at 262k tokens, measured) while the full lm_head must run anyway. There (the
@@ -38,6 +49,67 @@ PROBES = ("e", "x", "Q", "7")
 #: vocabulary). Dequantizing n INT4 rows in numpy costs far more per row than onnxruntime's fused kernel,
 #: so the crossover is a few hundred rows; bench/bench_extract.py measures it.
 LM_HEAD_THRESHOLD = 512
+
+
+#: The model's KV cache: opaque to the decoder, which only hands it back to `DecoderModel.forward`.
+Cache = Any
+
+
+class DecoderModel(Protocol):
+    """What the loop needs from the model (gemmacli.runtime.Model). It may also have a `config` whose
+    `vocab_size` says how many lm_head rows it has, when fewer than the tokenizer's ids."""
+
+    def forward(self, cache: Cache, token_ids: Sequence[int]) -> np.ndarray:
+        """Run the decoder over `token_ids` (appending to `cache`); the last position's hidden state."""
+        ...
+
+    def logits(self, hidden: np.ndarray) -> np.ndarray:
+        """The full lm_head: one logit per row."""
+        ...
+
+    def logits_for(self, hidden: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
+        """Only the rows `token_ids` of the lm_head, aligned with them."""
+        ...
+
+
+class GrammarMatcher(Protocol):
+    """What the loop needs from llguidance's LLMatcher (and gemmacli.loops.lead_out from it)."""
+
+    def is_error(self) -> bool: ...
+
+    def get_error(self) -> str: ...
+
+    def is_stopped(self) -> bool: ...
+
+    def is_accepting(self) -> bool: ...
+
+    def stop_reason(self) -> str: ...
+
+    def compute_ff_tokens(self) -> list[int]: ...
+
+    def consume_token(self, sampled_token: int) -> bool: ...
+
+    def consume_tokens(self, sampled_tokens: list[int]) -> bool: ...
+
+    def validate_tokens(self, tokens: list[int]) -> int: ...
+
+    def rollback(self, num_tokens: int) -> bool: ...
+
+    def unsafe_compute_mask_ptr(self, trg_pointer: int, trg_byte_size: int) -> None: ...
+
+
+class DecoderTokenizer(Protocol):
+    """What the loop needs from llguidance's LLTokenizer: the grammar's vocabulary, its ends, its bytes."""
+
+    @property
+    def eos_tokens(self) -> Sequence[int]: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def tokenize_str(self, text: str) -> list[int]: ...
+
+    def decode_bytes(self, tokens: list[int]) -> bytes: ...
 
 
 @dataclass
@@ -100,10 +172,10 @@ class _Sampler:
 
 
 def decode(
-    model: Any,
-    cache: Any,
-    matcher: Any,
-    tokenizer: Any,
+    model: DecoderModel,
+    cache: Cache,
+    matcher: GrammarMatcher,
+    tokenizer: DecoderTokenizer,
     pending: Sequence[int],
     options: DecodeOptions,
     *,
@@ -118,160 +190,296 @@ def decode(
     and passes the resulting `hidden`). `tokenizer` is llguidance's LLTokenizer (for the text). `hints`
     are short texts the schema allows (gemmacli.sizing.string_hints), a way out of a loop.
     """
-    start = time.perf_counter() - model_seconds  # a prefill done by the caller counts as model time
-    eos = set(int(e) for e in tokenizer.eos_tokens)
-    n_vocab = int(tokenizer.vocab_size)
-    rows = int(getattr(getattr(model, "config", None), "vocab_size", n_vocab) or n_vocab)
-    mask = Mask(n_vocab, rows)
-    threshold = options.lm_head_threshold
-    if threshold is None:
-        threshold = min(LM_HEAD_THRESHOLD, max(1, n_vocab // 16))
-    sampler = _Sampler(options)
-    pending = list(pending)
-    out: list[int] = []
-    generated = forced = small = full = 0
-    sizes: list[int] = []
-    position = JsonLexer()
-    guard = RepeatGuard(tokenizer, position) if options.repeat_guard else None
-    lazy = options.lazy_mask and options.jump_forward and sampler.temperature <= 0.0
-    probes = [ids[0] for ids in (tokenizer.tokenize_str(text) for text in PROBES) if len(ids) == 1]
-    scratch: Mask | None = None
-    repeats: list[str] = []
+    decoding = _Decoding(model, cache, matcher, tokenizer, options, pending=pending, hidden=hidden,
+                         model_calls=model_calls, model_seconds=model_seconds, hints=hints)
+    return decoding.run()
 
-    def feed(tokens: list[int]) -> np.ndarray:
-        nonlocal model_calls, model_seconds
-        groups = [tokens] if options.batch_forced or model_calls == 0 else [[t] for t in tokens]
+
+class _Decoding:
+    """One run of the loop: what the model has been fed and what is still queued for it, the output so
+    far, the counters DecodeResult reports, and where the output is in the JSON (for the lazy choice and
+    the repetition guard). Each `_step` adds tokens to the output in one of the ways the module doc lists."""
+
+    def __init__(self, model: DecoderModel, cache: Cache, matcher: GrammarMatcher,
+                 tokenizer: DecoderTokenizer, options: DecodeOptions, *, pending: Sequence[int],
+                 hidden: np.ndarray | None, model_calls: int, model_seconds: float,
+                 hints: Sequence[str]) -> None:
+        self.start = time.perf_counter() - model_seconds  # a prefill done by the caller counts as model time
+        self.model, self.cache, self.matcher, self.tokenizer = model, cache, matcher, tokenizer
+        self.options, self.hints = options, hints
+        # The model's side: tokens queued for it, its latest hidden state, what running it cost.
+        self.pending = list(pending)
+        self.hidden = hidden
+        self.model_calls, self.model_seconds = model_calls, model_seconds
+        # The output and its counters (DecodeResult).
+        self.out: list[int] = []
+        self.generated = self.forced = self.small = self.full = 0
+        self.sizes: list[int] = []
+        self.repeats: list[str] = []
+        # The grammar's side.
+        self.eos = frozenset(int(e) for e in tokenizer.eos_tokens)
+        self.n_vocab = int(tokenizer.vocab_size)
+        self.rows = _model_rows(model, self.n_vocab)
+        self.mask = Mask(self.n_vocab, self.rows)
+        self.scratch: Mask | None = None  # lead_out's spare mask, made at the first loop
+        self.threshold = _lm_head_threshold(options, self.n_vocab)
+        self.sampler = _Sampler(options)
+        # Where the output is in the JSON; the repetition guard reads it too.
+        self.position = JsonLexer()
+        self.guard = RepeatGuard(tokenizer, self.position) if options.repeat_guard else None
+        # Greedy only: the lazy choice is an argmax. Off without jump-forward too, as it has always been.
+        self.lazy = options.lazy_mask and options.jump_forward and self.sampler.temperature <= 0.0
+        self.probes = _single_token_probes(tokenizer)
+
+    # ---------------------------------------------------------------------------------------- the loop
+
+    def run(self) -> DecodeResult:
+        """Step until the grammar stops or the model ends the output, then check and return it."""
+        while self._step():
+            pass
+        return self._result()
+
+    def _step(self) -> bool:
+        """Add the next token(s) to the output; False when the output is complete."""
+        if self.matcher.is_error():
+            raise self._fail(f"the grammar engine stopped with an error: {self.matcher.get_error()}")
+        if self.matcher.is_stopped():
+            return False
+        if self._jump_forward():
+            return True
+        loop = self._loop()
+        lazy_logits = self._full_logits() if self._lazy_applies(loop) else None
+        if lazy_logits is not None and self._lazy_choice(lazy_logits):
+            return True
+        token = self._masked_choice(loop, lazy_logits)
+        if token is None:  # the lead-out forced a completion instead
+            return True
+        if token in self.eos:
+            return False
+        self._take(token, "an allowed token")
+        return True
+
+    # ------------------------------------------------------------------------------ the ways of a step
+
+    def _jump_forward(self) -> bool:
+        """Forced: the tokens the grammar alone decides, queued without asking the model. False if none
+        (or jump-forward is off)."""
+        if not self.options.jump_forward:
+            return False
+        tokens = self.matcher.compute_ff_tokens()
+        if not tokens:
+            return False
+        self._force(tokens, "its own forced tokens")
+        return True
+
+    def _loop(self) -> Loop | None:
+        """The loop the output is in, if the guard is on and sees one. Asked once a step, after any
+        forced tokens: asking has effects (a loop is reported once; a structural one starts closing)."""
+        return self.guard.loop() if self.guard is not None else None
+
+    def _lazy_applies(self, loop: Loop | None) -> bool:
+        """Whether to try the lazy choice: greedy, inside free text (the grammar accepts every probe, so
+        the mask would allow most of the vocabulary and cost most), and no loop to lead out of."""
+        return (self.lazy and self.position.in_string and loop is None and bool(self.probes)
+                and all(self.matcher.validate_tokens([t]) == 1 for t in self.probes))
+
+    def _lazy_choice(self, logits: np.ndarray) -> bool:
+        """Lazy: the best token the grammar accepts among the best-scored few, the one the masked argmax
+        would give (`_best_accepted`). False if none of them is accepted (or it is an end of output):
+        the masked choice then decides, from these same logits."""
+        token = _best_accepted(self.matcher, logits, LAZY_CANDIDATES)
+        if token is None or token in self.eos:
+            return False
+        self.generated += 1
+        self._take(token, "an accepted token")
+        return True
+
+    def _masked_choice(self, loop: Loop | None, lazy_logits: np.ndarray | None) -> int | None:
+        """Masked: the grammar's mask, then the model's choice among the allowed tokens (narrowed by the
+        repetition guard at a loop). A mask that allows one token decides it without logits. None when
+        the lead-out forced a completion instead of a choice."""
+        count, ids = self._fill_mask()
+        decided = self._decided_by_mask(ids)
+        if decided is not None:
+            self.forced += 1
+            return decided
+        ids, logits = self._allowed_logits(ids, lazy_logits)
+        if loop is not None and count > 1:  # with one token allowed there is no way out to choose
+            narrowed = self._lead_out(loop, ids, logits)
+            if narrowed is None:
+                return None
+            ids, logits = narrowed
+        self.sizes.append(int(ids.size))
+        token = self.sampler.choose(ids, logits)
+        self.generated += 1
+        return token
+
+    def _fill_mask(self) -> tuple[int, np.ndarray | None]:
+        """(how many tokens the grammar allows, their ids when few enough to be worth listing: a small
+        head computes only their rows)."""
+        self.mask.fill(self.matcher)
+        count = self.mask.count()
+        if count == 0:
+            raise self._fail(f"the grammar allows no next token: {self.matcher.get_error() or 'dead end'}")
+        return count, self.mask.allowed() if (count <= self.threshold or count == 1) else None
+
+    def _decided_by_mask(self, ids: np.ndarray | None) -> int | None:
+        """The one token the mask allows, when jump-forward is on: no logits needed (an end of output is
+        still the model's to choose)."""
+        if self.options.jump_forward and ids is not None and ids.size == 1 and int(ids[0]) not in self.eos:
+            return int(ids[0])
+        return None
+
+    def _lead_out(self, loop: Loop, ids: np.ndarray,
+                  logits: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Lead-out: the repetition guard's narrowed choice at a loop (gemmacli.loops.lead_out), noted for
+        the user; or, when it found a text the grammar takes, that text forced (then None)."""
+        guard = self.guard
+        assert guard is not None  # only the guard finds loops
+        if self.scratch is None:
+            self.scratch = Mask(self.n_vocab, self.rows)
+        way_out = lead_out(ids, logits, loop, self.tokenizer, self.matcher, self.scratch, self.hints)
+        if way_out.note:
+            self.repeats.append(way_out.note)
+        if way_out.ends_value:
+            guard.forget()
+        elif not loop.structural:
+            guard.leading = True
+        if way_out.forced:  # queued like jump-forward tokens
+            self._force(way_out.forced, "a checked completion")
+            return None
+        return way_out.ids, way_out.logits
+
+    # ---------------------------------------------------------------------------------- the model side
+
+    def _model_input(self) -> np.ndarray:
+        """The hidden state a choice is made from: feeds what is queued, if the budget has room for the
+        token about to be chosen."""
+        self._check_budget(1)
+        if self.pending:
+            self.hidden = self._feed(self.pending)
+            self.pending = []
+        elif self.hidden is None:
+            raise self._fail("nothing to decode from: empty prompt")
+        return self.hidden
+
+    def _feed(self, tokens: list[int]) -> np.ndarray:
+        """One forward call for all the queued tokens (the prompt always in one; token by token when the
+        options say so, to compare). onnxruntime's floats depend on this grouping: keep it as it is."""
+        groups = [tokens] if self.options.batch_forced or self.model_calls == 0 else [[t] for t in tokens]
+        hidden = None
         for group in groups:
             t0 = time.perf_counter()
-            result = model.forward(cache, group)
-            model_seconds += time.perf_counter() - t0
-            model_calls += 1
-        return result
-
-    def advance(tokens: Sequence[int]) -> None:
-        """Queue consumed tokens for the model and follow them in the lexer and the guard."""
-        for t in tokens:
-            out.append(int(t))
-            pending.append(int(t))
-            position.feed(tokenizer.decode_bytes([int(t)]))
-            if guard is not None:
-                guard.push(int(t))
-
-    def model_input() -> np.ndarray:
-        """The hidden state a choice is made from: feeds what is pending (the budget allowing)."""
-        nonlocal pending, hidden
-        if len(out) >= options.max_tokens:
-            raise fail(_budget_message(options.max_tokens))
-        if pending:
-            hidden = feed(pending)
-            pending = []
-        elif hidden is None:
-            raise fail("nothing to decode from: empty prompt")
+            hidden = self.model.forward(self.cache, group)
+            self.model_seconds += time.perf_counter() - t0
+            self.model_calls += 1
+        assert hidden is not None  # never called with nothing queued
         return hidden
 
-    def fail(why: str) -> ExtractionFailed:
+    def _full_logits(self) -> np.ndarray:
+        """Every logit, from the full lm_head."""
+        hidden = self._model_input()
+        return self._head(hidden, None)
+
+    def _allowed_logits(self, ids: np.ndarray | None,
+                        lazy_logits: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(allowed ids, their logits): from the lazy choice's full logits when it computed them, from the
+        allowed rows alone when `ids` was worth listing (few allowed), else from the full lm_head."""
+        hidden = self._model_input()
+        if lazy_logits is not None:
+            ids = ids if ids is not None else self.mask.allowed()
+            return ids, lazy_logits[ids]
+        if ids is not None and self.threshold > 0:
+            return ids, self._head(hidden, ids)
+        ids = ids if ids is not None else self.mask.allowed()
+        return ids, self._head(hidden, None)[ids]
+
+    def _head(self, hidden: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
+        """The lm_head: only the rows `ids` (a small head), or all of them (None: a full head)."""
+        t0 = time.perf_counter()
+        if ids is None:
+            logits = np.asarray(self.model.logits(hidden), dtype=np.float32)
+            self.full += 1
+        else:
+            logits = np.asarray(self.model.logits_for(hidden, ids), dtype=np.float32)
+            self.small += 1
+        self.model_seconds += time.perf_counter() - t0
+        return logits
+
+    # --------------------------------------------------------------------------------- the output side
+
+    def _force(self, tokens: list[int], what: str) -> None:
+        """Consume tokens the grammar (or the lead-out) decided, and queue them for the model."""
+        self._check_budget(len(tokens))
+        if not self.matcher.consume_tokens(tokens):
+            raise self._fail(f"the grammar engine refused {what}: {self.matcher.get_error()}")
+        self._advance(tokens)
+        self.forced += len(tokens)
+
+    def _take(self, token: int, what: str) -> None:
+        """Consume one chosen token, and queue it for the model."""
+        self._check_budget(1)
+        if not self.matcher.consume_token(token):
+            raise self._fail(f"the grammar engine refused {what}: {self.matcher.get_error()}")
+        self._advance([token])
+
+    def _advance(self, tokens: Sequence[int]) -> None:
+        """Append consumed tokens to the output and the model's queue; follow them in the lexer and the
+        guard."""
+        for t in tokens:
+            token = int(t)
+            self.out.append(token)
+            self.pending.append(token)
+            self.position.feed(self.tokenizer.decode_bytes([token]))
+            if self.guard is not None:
+                self.guard.push(token)
+
+    def _check_budget(self, adding: int) -> None:
+        """The one budget check: the output may not grow past max_tokens. Failing beats a cut JSON."""
+        if len(self.out) + adding > self.options.max_tokens:
+            raise self._fail(_budget_message(self.options.max_tokens))
+
+    def _result(self) -> DecodeResult:
+        """The finished output: the grammar must accept it, and it must be whole UTF-8."""
+        if not self.matcher.is_accepting():
+            error = (self.matcher.get_error() or "").strip().split("\n")[0][:200]
+            raise self._fail(f"the grammar engine gave up before the JSON was complete "
+                             f"({self.matcher.stop_reason()}{': ' + error if error else ''}); "
+                             "the schema is too complex for it at this point")
+        try:
+            text = self.tokenizer.decode_bytes(self.out).decode("utf-8", errors="strict")
+        except UnicodeDecodeError as exc:  # the JSON grammar only completes on whole characters
+            raise self._fail(f"the model emitted invalid UTF-8: {exc}") from exc
+        seconds = time.perf_counter() - self.start
+        return DecodeResult(self.out, text, self.generated, self.forced, self.model_calls, seconds,
+                            self.model_seconds, self.small, self.full, self.sizes, self.repeats)
+
+    def _fail(self, why: str) -> ExtractionFailed:
+        """The failure to raise, with the output so far for whoever reports it."""
         exc = ExtractionFailed(why, hint="raise --max-tokens" if "max-tokens" in why else None)
-        exc.partial_text = tokenizer.decode_bytes(out).decode("utf-8", errors="replace")  # type: ignore[attr-defined]
+        partial = self.tokenizer.decode_bytes(self.out).decode("utf-8", errors="replace")
+        exc.partial_text = partial  # type: ignore[attr-defined]
         return exc
 
-    while True:
-        if matcher.is_error():
-            raise fail(f"the grammar engine stopped with an error: {matcher.get_error()}")
-        if matcher.is_stopped():
-            break
-        if options.jump_forward:
-            ff = matcher.compute_ff_tokens()
-            if ff:
-                if len(out) + len(ff) > options.max_tokens:
-                    raise fail(_budget_message(options.max_tokens))
-                if not matcher.consume_tokens(ff):
-                    raise fail(f"the grammar engine refused its own forced tokens: {matcher.get_error()}")
-                advance(ff)
-                forced += len(ff)
-                continue
-        loop = guard.loop() if guard is not None else None
-        all_logits = None
-        if lazy and position.in_string and loop is None and probes \
-                and all(matcher.validate_tokens([t]) == 1 for t in probes):
-            hidden = model_input()
-            t0 = time.perf_counter()
-            all_logits = np.asarray(model.logits(hidden), dtype=np.float32)
-            model_seconds += time.perf_counter() - t0
-            full += 1
-            token = _best_accepted(matcher, all_logits, LAZY_CANDIDATES)
-            if token is not None and token not in eos:
-                generated += 1
-                if not matcher.consume_token(token):
-                    raise fail(f"the grammar engine refused an accepted token: {matcher.get_error()}")
-                advance([token])
-                continue
-        mask.fill(matcher)
-        count = mask.count()
-        if count == 0:
-            raise fail(f"the grammar allows no next token: {matcher.get_error() or 'dead end'}")
-        ids = mask.allowed() if (count <= threshold or count == 1) else None
-        loop = loop if count > 1 else None
-        if options.jump_forward and ids is not None and ids.size == 1 and int(ids[0]) not in eos:
-            token = int(ids[0])  # the grammar decides: no logits needed
-            forced += 1
-        else:
-            hidden = model_input()
-            t0 = time.perf_counter()
-            if all_logits is not None:  # computed by the lazy path above: no second lm_head
-                ids = ids if ids is not None else mask.allowed()
-                logits = all_logits[ids]
-            elif ids is not None and threshold > 0:
-                logits = np.asarray(model.logits_for(hidden, ids), dtype=np.float32)
-                small += 1
-            else:
-                allowed = ids if ids is not None else mask.allowed()
-                logits = np.asarray(model.logits(hidden), dtype=np.float32)[allowed]
-                ids = allowed
-                full += 1
-            model_seconds += time.perf_counter() - t0
-            if loop is not None:
-                if scratch is None:
-                    scratch = Mask(n_vocab, rows)
-                way_out = lead_out(ids, logits, loop, tokenizer, matcher, scratch, hints)
-                if way_out.note:
-                    repeats.append(way_out.note)
-                if way_out.ends_value:
-                    guard.forget()  # type: ignore[union-attr]
-                elif not loop.structural:
-                    guard.leading = True  # type: ignore[union-attr]
-                ids, logits = way_out.ids, way_out.logits
-                if way_out.forced:  # a text the grammar takes: queue it like jump-forward tokens
-                    if len(out) + len(way_out.forced) > options.max_tokens:
-                        raise fail(_budget_message(options.max_tokens))
-                    if not matcher.consume_tokens(way_out.forced):
-                        raise fail(f"the grammar engine refused a checked completion: {matcher.get_error()}")
-                    advance(way_out.forced)
-                    forced += len(way_out.forced)
-                    continue
-            sizes.append(int(ids.size))
-            token = sampler.choose(ids, logits)
-            generated += 1
-        if token in eos:
-            break
-        if len(out) >= options.max_tokens:
-            raise fail(_budget_message(options.max_tokens))
-        if not matcher.consume_token(token):
-            raise fail(f"the grammar engine refused an allowed token: {matcher.get_error()}")
-        advance([token])
-    if not matcher.is_accepting():
-        error = (matcher.get_error() or "").strip().split("\n")[0][:200]
-        raise fail(f"the grammar engine gave up before the JSON was complete ({matcher.stop_reason()}"
-                   f"{': ' + error if error else ''}); the schema is too complex for it at this point")
-    try:
-        text = tokenizer.decode_bytes(out).decode("utf-8", errors="strict")
-    except UnicodeDecodeError as exc:  # the JSON grammar only completes on whole characters
-        raise fail(f"the model emitted invalid UTF-8: {exc}") from exc
-    seconds = time.perf_counter() - start
-    return DecodeResult(out, text, generated, forced, model_calls, seconds, model_seconds, small, full, sizes,
-                        repeats)
+
+def _model_rows(model: DecoderModel, n_vocab: int) -> int:
+    """The model's lm_head rows (its config's vocab_size), else the grammar's vocabulary."""
+    return int(getattr(getattr(model, "config", None), "vocab_size", n_vocab) or n_vocab)
 
 
-def _best_accepted(matcher: Any, logits: np.ndarray, candidates: int) -> int | None:
+def _lm_head_threshold(options: DecodeOptions, n_vocab: int) -> int:
+    """Allowed-set size up to which only the allowed rows are computed (LM_HEAD_THRESHOLD)."""
+    if options.lm_head_threshold is not None:
+        return options.lm_head_threshold
+    return min(LM_HEAD_THRESHOLD, max(1, n_vocab // 16))
+
+
+def _single_token_probes(tokenizer: DecoderTokenizer) -> list[int]:
+    """The PROBES that are one token each: the grammar accepting them all means free text."""
+    return [ids[0] for ids in (tokenizer.tokenize_str(text) for text in PROBES) if len(ids) == 1]
+
+
+def _best_accepted(matcher: GrammarMatcher, logits: np.ndarray, candidates: int) -> int | None:
     """The best-scored of the `candidates` top tokens that the grammar accepts next, or None. The same
     token greedy picks from the masked logits: every better-scored token is refused (ties: lowest id)."""
     best = int(np.argmax(logits))  # the lowest id of the top score: usually accepted, and then the answer
@@ -289,5 +497,6 @@ def _best_accepted(matcher: Any, logits: np.ndarray, candidates: int) -> int | N
 
 
 def _budget_message(max_tokens: int) -> str:
+    """What a spent budget says: the fix is a larger one."""
     return (f"the model did not finish the JSON within --max-tokens {max_tokens} tokens; "
             "no partial output is given")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,6 +13,7 @@ from typing import Any
 import jsonschema
 import numpy as np
 import pytest
+from test_loops import Leaning, leaning_ids, looping_schema
 
 from gemmacli.api import ExtractionResult, Extractor, budget_for, extract
 from gemmacli.decoder import DecodeOptions, decode
@@ -304,3 +307,293 @@ def test_best_accepted_is_the_masked_argmax_and_refuses_a_tie_at_the_cut() -> No
     assert _best_accepted(Accepts({0}), logits, 3) is None  # not among the best three: ask the mask
     tied = np.array([1.0, 2.0, 2.0, 0.0], dtype=np.float32)
     assert _best_accepted(Accepts({2}), tied, 1) is None  # 1 and 2 tie across the cut
+
+
+# ------------------------------------------------------------------------------------------ golden runs
+
+#: What decode() gave, before its rewrite into step functions, on varied schemas and options: the text, the
+#: tokens, every DecodeResult counter, and the model calls in order (forward group sizes, full and small
+#: lm_head runs). onnxruntime's float results depend on how tokens are grouped into forward calls, so the
+#: grouping is part of the behaviour. Regenerate (GEMMACLI_WRITE_GOLDEN=1) only for a deliberate change of
+#: behaviour, or a new onnxruntime whose float results differ.
+GOLDEN = Path(__file__).resolve().parent / "decoder_golden.json"
+LOOP_TEXT = "Alice Martin (34) emailed from Paris on 2024-05-01 about invoice 1042: total 99.50 EUR, urgent."
+PATTERNS = {
+    "type": "object",
+    "properties": {
+        "code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$"},
+        "date": {"type": "string", "format": "date"},
+        "kind": {"enum": ["invoice", "receipt", "quote", 7, None]},
+        "amounts": {"type": "array", "items": {"type": "number"}, "maxItems": 3},
+        "flag": {"type": ["boolean", "null"]},
+    },
+    "required": ["code", "date", "kind", "amounts"],
+}
+OPEN_OBJECT = {"type": "object", "required": ["m"], "properties": {
+    "m": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 3}}}}
+LOOP_TWICE = {"type": "object", "required": ["a", "b"], "properties": {
+    "a": {"type": "string", "format": "time"}, "b": {"type": "array", "items": {"type": "integer"}}}}
+
+
+#: name -> (schema, text, Extractor keyword arguments, DecodeOptions overrides, what the model leans on:
+#: "" nothing, "loops" the tokens of test_loops, "eos" the end of output, "control" control characters,
+#: which no compact JSON allows, so the lazy choice in strings finds none of its candidates accepted)
+GOLDEN_CASES: dict[str, tuple[Any, str, dict[str, Any], dict[str, Any], str]] = {
+    "five": (FIVE, TEXT, {}, {}, ""),
+    "nested": (NESTED, TEXT, {}, {}, ""),
+    "small": (SMALL, TEXT, {}, {}, ""),
+    "patterns": (PATTERNS, LOOP_TEXT, {}, {}, ""),
+    "five_full_head": (FIVE, TEXT, {}, {"lm_head_threshold": 0}, ""),
+    "five_small_head": (FIVE, TEXT, {}, {"lm_head_threshold": 10**9}, ""),
+    "five_token_by_token": (FIVE, TEXT, {}, {"batch_forced": False}, ""),
+    "five_no_jump_forward": (FIVE, TEXT, {}, {"jump_forward": False}, ""),
+    "five_no_lazy_mask": (FIVE, TEXT, {}, {"lazy_mask": False}, ""),
+    "five_spans_all": (FIVE, TEXT, {"spans": "all"}, {}, ""),
+    "five_sampled": (FIVE, TEXT, {"temperature": 1.0, "top_p": 0.9, "seed": 1}, {}, ""),
+    "nested_sampled": (NESTED, TEXT, {"temperature": 1.5, "seed": 0, "max_tokens": 200}, {}, ""),
+    "nested_pretty_sampled": (NESTED, TEXT, {"pretty": True, "temperature": 1.0, "seed": 2,
+                                             "max_tokens": 300}, {}, ""),
+    "patterns_sampled": (PATTERNS, LOOP_TEXT, {"temperature": 0.7, "top_p": 0.5, "seed": 5}, {}, ""),
+    "five_budget_spent": (FIVE, TEXT, {}, {"max_tokens": 20}, ""),
+    "five_budget_spent_token_by_token": (FIVE, TEXT, {}, {"max_tokens": 20, "batch_forced": False},
+                                         ""),
+    "loop_time": (looping_schema("time"), LOOP_TEXT, {}, {}, "loops"),
+    "loop_uri": (looping_schema("uri"), LOOP_TEXT, {}, {}, "loops"),
+    "loop_pattern": (looping_schema("pattern"), LOOP_TEXT, {}, {}, "loops"),
+    "loop_alternation": (looping_schema("alternation"), LOOP_TEXT, {}, {}, "loops"),
+    "loop_twice": (LOOP_TWICE, LOOP_TEXT, {}, {}, "loops"),
+    "loop_five": (FIVE, LOOP_TEXT, {}, {}, "loops"),
+    "loop_nested": (NESTED, LOOP_TEXT, {}, {}, "loops"),
+    "loop_time_full_head": (looping_schema("time"), LOOP_TEXT, {}, {"lm_head_threshold": 0}, "loops"),
+    "loop_pattern_no_jump_forward": (looping_schema("pattern"), LOOP_TEXT, {}, {"jump_forward": False},
+                                     "loops"),
+    "loop_time_unguarded": (looping_schema("time"), LOOP_TEXT, {"repeat_guard": False}, {}, "loops"),
+    "loop_sampled": (FIVE, LOOP_TEXT, {"temperature": 1.0, "seed": 3}, {}, "loops"),
+    "loop_open_object": (OPEN_OBJECT, LOOP_TEXT, {}, {}, "loops"),
+    "loop_time_budget_spent": (looping_schema("time"), LOOP_TEXT, {}, {"max_tokens": 50}, "loops"),
+    "small_eos": (SMALL, TEXT, {}, {}, "eos"),
+    "five_eos": (FIVE, TEXT, {}, {}, "eos"),
+    "five_control": (FIVE, TEXT, {}, {}, "control"),
+    "nested_control_no_lazy_mask": (NESTED, TEXT, {}, {"lazy_mask": False}, "control"),
+}
+
+
+def lean_ids(model: Any, lean: str) -> list[int]:
+    """The token ids a golden case's model leans on (GOLDEN_CASES)."""
+    if lean == "loops":
+        return leaning_ids(model)
+    if lean == "eos":
+        return [int(e) for e in model.config.eos_token_ids]
+    tokenizer = model.tokenizer
+    return [i for i in range(model.config.vocab_size)
+            if (piece := tokenizer.decode([i])) and all(ord(c) < 32 for c in piece)]
+
+
+class _Recording:
+    """The model, with every call it gets written down: forward group sizes, full and small lm_heads."""
+
+    def __init__(self, model: Any, calls: list[str]) -> None:
+        self.model = model
+        self.calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def forward(self, cache: Any, tokens: Any) -> np.ndarray:
+        self.calls.append(f"forward {len(tokens)}")
+        return self.model.forward(cache, tokens)
+
+    def logits(self, hidden: np.ndarray) -> np.ndarray:
+        self.calls.append("logits")
+        return self.model.logits(hidden)
+
+    def logits_for(self, hidden: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        self.calls.append(f"logits_for {len(ids)}")
+        return self.model.logits_for(hidden, ids)
+
+
+def golden_run(model: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """One case through Extractor.extract, as a JSON-able record of everything decode() decided."""
+    import gemmacli.api
+
+    schema, text, kwargs, overrides, lean = GOLDEN_CASES[name]
+    calls: list[str] = []
+    inner = Leaning(model, lean_ids(model, lean)) if lean else model
+    extractor = Extractor(schema, model=_Recording(inner, calls), **kwargs)
+    for key, value in overrides.items():
+        setattr(extractor.options, key, value)
+    results: list[Any] = []
+    real_decode = gemmacli.api.decode
+
+    def recording_decode(*args: Any, **kw: Any) -> Any:
+        results.append(real_decode(*args, **kw))
+        return results[-1]
+
+    monkeypatch.setattr(gemmacli.api, "decode", recording_decode)
+    record: dict[str, Any] = {}
+    try:
+        extractor.extract(text)
+    except ExtractionFailed as exc:
+        record["failed"] = {"message": exc.message, "hint": exc.hint,
+                            "partial_text": getattr(exc, "partial_text", None)}
+    if results:
+        result = results[0]
+        record.update(text=result.text, tokens=result.tokens, generated_tokens=result.generated_tokens,
+                      forced_tokens=result.forced_tokens, model_calls=result.model_calls,
+                      small_heads=result.small_heads, full_heads=result.full_heads,
+                      allowed_sizes=result.allowed_sizes, repeats=result.repeats)
+    record["calls"] = calls
+    return record
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_CASES))
+def test_decode_matches_the_golden_runs(model: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Byte for byte, count for count, call for call what decode() gave when the golden file was made."""
+    record = golden_run(model, name, monkeypatch)
+    if os.environ.get("GEMMACLI_WRITE_GOLDEN") == "1":
+        golden = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
+        golden[name] = record
+        GOLDEN.write_text(json.dumps(dict(sorted(golden.items())), indent=1, ensure_ascii=False) + "\n")
+    expected = json.loads(GOLDEN.read_text())[name]
+    assert record == expected
+
+
+class _ScriptTokenizer:
+    """Token i is PIECES[i]; token 0 ends the output. No probe is a single token: no lazy choice."""
+
+    PIECES = (b"", b"a", b"b", b"c", b"\xff", b"{", b"}", b"1")
+    eos_tokens = (0,)
+    vocab_size = len(PIECES)
+
+    def decode_bytes(self, tokens: list[int]) -> bytes:
+        return b"".join(self.PIECES[t] for t in tokens)
+
+    def tokenize_str(self, text: str) -> list[int]:
+        return []
+
+
+class _ScriptMatcher:
+    """A grammar that allows script[i] as the i-th token and stops after the last; `refuse` makes it
+    refuse what it allowed, `error` reports an engine error."""
+
+    def __init__(self, script: list[set[int]], *, accepting: bool = True, refuse: bool = False,
+                 error: bool = False, ff: list[int] | None = None) -> None:
+        self.script, self.accepting, self.refuse, self.error = script, accepting, refuse, error
+        self.ff = ff or []
+        self.at = 0
+
+    def is_error(self) -> bool:
+        return self.error
+
+    def get_error(self) -> str:
+        return "scripted error" if self.error or self.refuse else ""
+
+    def is_stopped(self) -> bool:
+        return self.at >= len(self.script)
+
+    def is_accepting(self) -> bool:
+        return self.accepting
+
+    def stop_reason(self) -> str:
+        return "NoExtension"
+
+    def compute_ff_tokens(self) -> list[int]:
+        ff, self.ff = self.ff, []
+        return ff
+
+    def consume_tokens(self, tokens: list[int]) -> bool:
+        if self.refuse:
+            return False
+        self.at += len(tokens)
+        return True
+
+    def consume_token(self, token: int) -> bool:
+        if self.refuse or token not in self.script[self.at]:
+            return False
+        self.at += 1
+        return True
+
+    def validate_tokens(self, tokens: list[int]) -> int:
+        return 0
+
+    def unsafe_compute_mask_ptr(self, ptr: int, nbytes: int) -> None:
+        import ctypes
+
+        words = np.zeros(nbytes // 4, dtype=np.uint32)
+        for token in self.script[self.at]:
+            words[token // 32] |= np.uint32(1 << (token % 32))
+        ctypes.memmove(ptr, words.ctypes.data, nbytes)
+
+
+class _ScriptModel:
+    """Logits that rank token 3 first, then 2, then 1; every call written down."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def forward(self, cache: Any, tokens: list[int]) -> np.ndarray:
+        self.calls.append(f"forward {list(tokens)}")
+        return np.zeros(1, dtype=np.float32)
+
+    def logits(self, hidden: np.ndarray) -> np.ndarray:
+        self.calls.append("logits")
+        return np.array([0.5, 1.0, 2.0, 3.0, 4.0, 0.0, 0.0, 0.0], dtype=np.float32)
+
+    def logits_for(self, hidden: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        self.calls.append(f"logits_for {ids.tolist()}")
+        return self.logits(hidden)[ids]
+
+
+SCRIPTS: dict[str, tuple[dict[str, Any], dict[str, Any], list[int], Any]] = {
+    # name: (matcher arguments, DecodeOptions, prompt, expected: an error message, or (text, tokens,
+    # generated, forced, model calls, small heads, full heads, allowed sizes, the model's calls))
+    "mask_forces_then_model_chooses_then_eos": (
+        {"script": [{5}, {1, 2, 3}, {6}, {0, 7}]}, {}, [9, 9],
+        (b"{c}", [5, 3, 6], 2, 2, 2, 0, 2, [3, 2],
+         ["forward [9, 9, 5]", "logits", "forward [3, 6]", "logits"])),
+    "jump_forward_then_small_heads": (
+        {"script": [{5}, {5}, {0, 1, 2}, {1}], "ff": [5, 5]}, {"lm_head_threshold": 10**9}, [9],
+        (b"{{ba", [5, 5, 2, 1], 1, 3, 1, 1, 0, [3], ["forward [9, 5, 5]", "logits_for [0, 1, 2]", "logits"])),
+    "full_head": (
+        {"script": [{1, 2, 3}, {2, 3}]}, {"lm_head_threshold": 0}, [9],
+        (b"cc", [3, 3], 2, 0, 2, 0, 2, [3, 2], ["forward [9]", "logits", "forward [3]", "logits"])),
+    "empty_prompt": ({"script": [{1, 2}]}, {}, [], "nothing to decode from: empty prompt"),
+    "budget_after_a_mask_forced_token": (
+        {"script": [{5}, {6}]}, {"max_tokens": 1}, [9],
+        "the model did not finish the JSON within --max-tokens 1 tokens; no partial output is given"),
+    "budget_before_jump_forward": (
+        {"script": [{5}, {5}], "ff": [5, 5]}, {"max_tokens": 1}, [9],
+        "the model did not finish the JSON within --max-tokens 1 tokens; no partial output is given"),
+    "no_next_token": ({"script": [set()]}, {}, [9], "the grammar allows no next token: dead end"),
+    "engine_error": ({"script": [{1}], "error": True}, {}, [9],
+                     "the grammar engine stopped with an error: scripted error"),
+    "refused_forced": ({"script": [{1}], "refuse": True, "ff": [1]}, {}, [9],
+                       "the grammar engine refused its own forced tokens: scripted error"),
+    "refused_allowed": ({"script": [{1, 2}], "refuse": True}, {}, [9],
+                        "the grammar engine refused an allowed token: scripted error"),
+    "gave_up": ({"script": [{1}], "accepting": False}, {}, [9],
+                "the grammar engine gave up before the JSON was complete (NoExtension); the schema is too "
+                "complex for it at this point"),
+    "invalid_utf8": ({"script": [{4}, {4, 1}]}, {}, [9],
+                     "the model emitted invalid UTF-8: 'utf-8' codec can't decode byte 0xff in position 0: "
+                     "invalid start byte"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_decode_on_a_scripted_grammar(name: str) -> None:
+    """The rare paths a real grammar seldom takes (a mask that allows one token, engine errors, budget
+    checks between forced tokens), on a scripted matcher: the same tokens, counts, calls and messages."""
+    matcher_args, options, prompt, expected = SCRIPTS[name]
+    model = _ScriptModel()
+    matcher = _ScriptMatcher(**matcher_args)
+    opts = DecodeOptions(**{"max_tokens": 16, **options})
+    if isinstance(expected, str):
+        with pytest.raises(ExtractionFailed) as info:
+            decode(model, None, matcher, _ScriptTokenizer(), prompt, opts)
+        assert info.value.message == expected
+        return
+    result = decode(model, None, matcher, _ScriptTokenizer(), prompt, opts)
+    assert (result.text.encode(), result.tokens, result.generated_tokens, result.forced_tokens,
+            result.model_calls, result.small_heads, result.full_heads, result.allowed_sizes,
+            model.calls) == expected
