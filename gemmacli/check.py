@@ -27,7 +27,7 @@ from gemmacli.errors import (
     InputOutputError,
     SchemaError,
 )
-from gemmacli.schema import canonical_json, join_pointer, schema_sha256
+from gemmacli.schema import canonical_json, check_depth, check_patterns, join_pointer, schema_sha256
 
 PASS = "pass"
 VIOLATION = "violation"
@@ -96,9 +96,9 @@ def load_policy(arg: str) -> Policy:
     elif arg in bundled_policies():
         path = bundled_policies()[arg]
         name, text = arg, _read_policy_file(path)
-    else:
+    else:  # like an unknown schema: a usage of the policy argument that names nothing (3, not 5)
         known = ", ".join(bundled_policies()) or "none"
-        raise InputOutputError(
+        raise SchemaError(
             f"policy not found: {arg}",
             hint=f"give a policy file, inline JSON, or a bundled name ({known})",
         )
@@ -108,6 +108,8 @@ def load_policy(arg: str) -> Policy:
         raise SchemaError(
             f"policy {name} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise SchemaError(f"policy {name} nests too deeply to read") from None
     check_policy(schema, name=name)
     return Policy(schema=schema, name=name, path=path, sha256=schema_sha256(schema))
 
@@ -130,6 +132,8 @@ def check_policy(schema: Any, *, name: str = "policy") -> None:
     if not isinstance(schema, dict):
         raise SchemaError(f"{name} must be a JSON object (a JSON Schema), got {type(schema).__name__}",
                           pointer="")
+    check_depth(schema, what=name)
+    check_patterns(schema)
     if not isinstance(schema.get("$schema", ""), str):
         raise SchemaError(f"{name}: $schema must be a URI string", pointer="/$schema")
     validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)

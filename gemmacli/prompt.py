@@ -178,14 +178,17 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
         return _encode(tokenizer, _neutralise(body.strip())) + closing
 
     budget = context - max_tokens
+    text, clipped = clip_text(tokenizer, text, budget)
     body = body_ids(text)
-    for level in range(len(GUIDE_LEVELS)):  # a big schema's guide shrinks before the text is touched
-        head = head_ids(level)
-        if len(head) + len(body) <= budget:
-            return Prompt(head + body, False, len(head))
+    if not clipped:
+        for level in range(len(GUIDE_LEVELS)):  # a big schema's guide shrinks before the text is touched
+            head = head_ids(level)
+            if len(head) + len(body) <= budget:
+                return Prompt(head + body, False, len(head))
     if not truncate:
+        size = f"more than {len(body)}" if clipped else f"{len(head_ids(len(GUIDE_LEVELS) - 1)) + len(body)}"
         raise ExtractionFailed(
-            f"the input is too long: the prompt is {len(head) + len(body)} tokens and {max_tokens} more are "
+            f"the input is too long: the prompt is {size} tokens and {max_tokens} more are "
             f"reserved for the answer, but the model's context holds {context}",
             hint="pass --truncate to cut the text to fit, or lower --max-tokens",
         )
@@ -203,6 +206,26 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
         if len(head) + len(body) <= budget or keep == 0:
             return Prompt(head + body, True, len(head))
         keep = max(0, keep - (len(head) + len(body) - budget))
+
+
+#: Characters tokenized first when a text might not fit: ample for `budget` tokens of any real text
+#: (Gemma averages about 4 characters a token), so a 50 MB input is judged from a small prefix.
+CHARS_PER_TOKEN_GUESS = 8
+
+
+def clip_text(tokenizer: Any, text: str, budget: int) -> tuple[str, bool]:
+    """(`text`, False) when it may fit in `budget` tokens; else (a prefix already over `budget`, True).
+
+    Tokenizing a huge input whole cost a minute and gigabytes before the length check could refuse it. A
+    prefix of CHARS_PER_TOKEN_GUESS characters a token is tokenized first, and grown only while it stays
+    under the budget, so "too long" is decided, and --truncate cut, from about what fits.
+    """
+    limit = max(budget, 1) * CHARS_PER_TOKEN_GUESS
+    while len(text) > limit:
+        if len(_encode(tokenizer, text[:limit])) > budget:
+            return text[:limit], True
+        limit *= 4
+    return text, False
 
 
 def count_tokens(tokenizer: Any, text: str) -> int:

@@ -176,7 +176,7 @@ def test_invalid_policy_names_the_bad_part(policy: Any, pointer: str):
 def test_policy_not_json_or_missing():
     with pytest.raises(SchemaError, match="not valid JSON"):
         load_policy('{"properties": ')
-    with pytest.raises(InputOutputError, match="policy not found"):
+    with pytest.raises(SchemaError, match="policy not found"):
         load_policy("no-such-policy")
 
 

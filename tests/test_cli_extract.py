@@ -177,15 +177,17 @@ def test_resume_skips_recorded_sources_and_repairs_a_torn_line(fake: list[str], 
     assert sources == [f"in/{i}.txt" for i in range(5)]
 
 
-def test_resume_warns_when_the_file_was_made_with_another_schema(fake: list[str], tmp_path: Path) -> None:
+def test_resume_refuses_a_file_made_with_another_schema(fake: list[str], tmp_path: Path) -> None:
     write(tmp_path / "in" / "a.txt", "a")
     write(tmp_path / "in" / "b.txt", "b")
     write(
         tmp_path / "out.jsonl",
         json.dumps({"source": "in/a.txt", "ok": True, "meta": {"schema_sha256": "0"}}) + "\n",
     )
+    before = (tmp_path / "out.jsonl").read_bytes()
     result = run(["extract", *SCHEMA, *fake, "in", "-o", "out.jsonl", "--resume"])
-    assert result.status == 0 and "different schema" in result.stderr
+    assert result.status == 2 and "another configuration: schema" in result.stderr
+    assert (tmp_path / "out.jsonl").read_bytes() == before  # refused before anything changed
 
 
 def test_resume_needs_an_output_file(fake: list[str]) -> None:

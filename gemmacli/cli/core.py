@@ -141,8 +141,26 @@ def _silence_stdout(env: Environment) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """The executable: this process is gemmacli's alone, so its models may share one thread pool."""
     os.environ.setdefault("GEMMACLI_PROCESS_THREAD_POOL", "1")  # gemmacli.runtime.PROCESS_POOL_ENV
+    _occupy_closed_std_fds()
     signal.signal(signal.SIGTERM, _terminate)
     sys.exit(int(raw_main(argv, Environment())))
+
+
+def _occupy_closed_std_fds() -> None:
+    """Put /dev/null on fd 0, 1 or 2 when the shell closed it (`<&-`, `>&-`, `2>&-`).
+
+    Python has already set sys.stdin/stdout/stderr to None (gemmacli.env.ClosedStream reports that); the fd
+    must not stay free either, or the next file opened (an `-o` file, a model) would get fd 1 and whatever a
+    native library prints to stdout would land in it.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)
+            if opened != fd:  # a lower fd was free too and is being filled in this same loop
+                os.dup2(opened, fd)
+                os.close(opened)
 
 
 def _terminate(_signum: int, _frame: object) -> None:
