@@ -30,12 +30,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -53,8 +52,8 @@ from gemmacli.errors import (
     Terminated,
     UsageError,
 )
-from gemmacli.files import is_regular_or_new, write_atomically
-from gemmacli.inputs import Source
+from gemmacli.files import is_regular_or_new, json_bytes, write_atomically
+from gemmacli.inputs import Source, require_text
 
 
 @dataclass(frozen=True)
@@ -131,10 +130,7 @@ class Outcome:
 def read_source(source: Source, options: ExtractOptions) -> str:
     """Decode a source and refuse an empty one (unless allowed): the shared first step of single and batch."""
     text = source.read_text(encoding=options.encoding, errors=options.errors)
-    if not text.strip() and not options.allow_empty:
-        where = "stdin" if source.name == "-" else source.name
-        raise ExtractionFailed(f"{where}: input is empty", hint="pass --allow-empty to extract anyway")
-    return text
+    return require_text(text, source.name, allow_empty=options.allow_empty)
 
 
 def success_record(
@@ -214,19 +210,6 @@ def record_line(record: dict[str, Any]) -> bytes:
     `\\udcXX` escape, which reads back (json.loads) as the very same name, so --resume matches it.
     """
     return json_bytes(record) + b"\n"
-
-
-def json_bytes(value: Any, *, indent: int | None = None) -> bytes:
-    """Compact (or indented) JSON as UTF-8, any lone surrogate as a JSON escape instead of an error."""
-    separators = None if indent is not None else (",", ":")
-    text = json.dumps(value, ensure_ascii=False, indent=indent, separators=separators)
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text).encode("utf-8")
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class StdoutSink:
@@ -687,14 +670,10 @@ def run_batch(
     progress = progress or NoProgress()
     summary = BatchSummary(total=len(sources))
     started = time.monotonic()
-    outcomes = (
-        _outcomes_serial(sources, options, factory, progress)
-        if jobs <= 1
-        else _outcomes_parallel(sources, options, factory, progress, jobs)
-    )
+    ordered = outcomes(sources, options, factory, jobs, progress)
     progress.start(len(sources))
     try:
-        for source, outcome in outcomes:
+        for source, outcome in ordered:
             sink.write(outcome.record)
             if outcome.ok:
                 summary.ok += 1
@@ -705,15 +684,30 @@ def run_batch(
                     summary.stopped_early = True
                     break
     finally:
-        outcomes.close()  # stops workers (also on Ctrl-C, a closed pipe or a fatal error)
+        ordered.close()  # stops workers (also on Ctrl-C, a closed pipe or a fatal error)
         progress.stop()
         summary.seconds = time.monotonic() - started
     return summary
 
 
+def outcomes(
+    sources: Sequence[Source],
+    options: ExtractOptions,
+    factory: ExtractorFactory,
+    jobs: int,
+    progress: ProgressReporter | None = None,
+) -> Generator[tuple[Source, Outcome], None, None]:
+    """(source, outcome) in input order, from this process or `jobs` workers; close() stops the workers.
+    What run_batch iterates; `check --jobs` uses it too."""
+    progress = progress or NoProgress()
+    if jobs <= 1:
+        return _outcomes_serial(sources, options, factory, progress)
+    return _outcomes_parallel(sources, options, factory, progress, jobs)
+
+
 def _outcomes_serial(
     sources: Sequence[Source], options: ExtractOptions, factory: ExtractorFactory, progress: ProgressReporter
-) -> Iterator[tuple[Source, Outcome]]:
+) -> Generator[tuple[Source, Outcome], None, None]:
     extractor = factory(options) if sources else None
     for source in sources:
         assert extractor is not None
@@ -789,7 +783,7 @@ def _outcomes_parallel(
     factory: ExtractorFactory,
     progress: ProgressReporter,
     jobs: int,
-) -> Iterator[tuple[Source, Outcome]]:
+) -> Generator[tuple[Source, Outcome], None, None]:
     """Keep `2 * jobs` sources in flight; yield outcomes in input order as soon as the next one is ready."""
     if not sources:
         return

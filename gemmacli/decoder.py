@@ -15,6 +15,7 @@ loop, the guard narrows that step's choice to a way out of it, so a loop ends in
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -147,14 +148,15 @@ def decode(
             model_calls += 1
         return result
 
-    def advance(tokens: Sequence[int]) -> None:
-        """Queue consumed tokens for the model and follow them in the lexer and the guard."""
+    def advance(tokens: Sequence[int], *, chosen: bool = False) -> None:
+        """Queue consumed tokens for the model and follow them in the lexer and the guard (which tells the
+        model's choices from what the grammar forced)."""
         for t in tokens:
             out.append(int(t))
             pending.append(int(t))
             position.feed(tokenizer.decode_bytes([int(t)]))
             if guard is not None:
-                guard.push(int(t))
+                guard.push(int(t), chosen=chosen)
 
     def model_input() -> np.ndarray:
         """The hidden state a choice is made from: feeds what is pending (the budget allowing)."""
@@ -202,7 +204,7 @@ def decode(
                 generated += 1
                 if not matcher.consume_token(token):
                     raise fail(f"the grammar engine refused an accepted token: {matcher.get_error()}")
-                advance([token])
+                advance([token], chosen=True)
                 continue
         mask.fill(matcher)
         count = mask.count()
@@ -210,10 +212,12 @@ def decode(
             raise fail(f"the grammar allows no next token: {matcher.get_error() or 'dead end'}")
         ids = mask.allowed() if (count <= threshold or count == 1) else None
         loop = loop if count > 1 else None
+        chosen = False
         if options.jump_forward and ids is not None and ids.size == 1 and int(ids[0]) not in eos:
             token = int(ids[0])  # the grammar decides: no logits needed
             forced += 1
         else:
+            chosen = True
             hidden = model_input()
             t0 = time.perf_counter()
             if all_logits is not None:  # computed by the lazy path above: no second lm_head
@@ -228,6 +232,7 @@ def decode(
                 ids = allowed
                 full += 1
             model_seconds += time.perf_counter() - t0
+            chosen = not _one_text(ids, tokenizer)
             if loop is not None:
                 if scratch is None:
                     scratch = Mask(n_vocab)
@@ -256,7 +261,7 @@ def decode(
             raise fail(_budget_message(options.max_tokens))
         if not matcher.consume_token(token):
             raise fail(f"the grammar engine refused an allowed token: {matcher.get_error()}")
-        advance([token])
+        advance([token], chosen=chosen)
     if not matcher.is_accepting():
         error = (matcher.get_error() or "").strip().split("\n")[0][:200]
         raise fail(f"the grammar engine gave up before the JSON was complete ({matcher.stop_reason()}"
@@ -285,6 +290,16 @@ def _best_accepted(matcher: Any, logits: np.ndarray, candidates: int) -> int | N
         if matcher.validate_tokens([token]) == 1:
             return int(token)
     return None
+
+
+def _one_text(ids: np.ndarray, tokenizer: Any, most: int = 8) -> bool:
+    """Whether the allowed tokens all spell the same text, only cut differently (`"` or `",` when the
+    grammar forces `","`): picking one is no choice of the model's, so the repetition guard does not count
+    it (a schema that forces a repetition is not a loop). Only small sets are looked at."""
+    if ids.size > most:
+        return False
+    pieces = sorted((bytes(tokenizer.decode_bytes([int(t)])) for t in ids.tolist()), key=len)
+    return all(longer.startswith(shorter) for shorter, longer in itertools.pairwise(pieces))
 
 
 def _budget_message(max_tokens: int) -> str:

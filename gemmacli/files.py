@@ -10,10 +10,13 @@ target is what gets replaced.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def write_atomically(path: Path, data: bytes, *, make_parents: bool = False) -> None:
@@ -95,3 +98,21 @@ def _replace(path: Path, data: bytes, *, make_parents: bool, mode: int | None, s
 def _named(exc: OSError, path: Path) -> OSError:
     """The same error, naming `path` (os.write and close errors carry no file name of their own)."""
     return OSError(exc.errno, exc.strerror or str(exc), str(path))
+
+
+def json_bytes(value: Any, *, indent: int | None = None, compact: bool = True) -> bytes:
+    """Compact (or indented) JSON as UTF-8, with any lone surrogate written as a JSON escape.
+
+    A file name that is not valid UTF-8 reaches Python surrogate-escaped (PEP 383, `\udcff`); plain
+    `.encode("utf-8")` raises on it and stopped whole batches. As a JSON `\\udcff` escape it is valid JSON
+    that reads back (json.loads) as the very same name, so `--resume` and the check cache match it.
+    """
+    separators = (",", ":") if compact and indent is None else None
+    text = json.dumps(value, ensure_ascii=False, indent=indent, separators=separators)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text).encode("utf-8")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")

@@ -68,6 +68,17 @@ class Source:
         return decode(raw, self.name, encoding=encoding, errors=errors)
 
 
+def require_text(text: str, name: str, *, allow_empty: bool) -> str:
+    """The one rule `extract` and `check` share: an input with nothing but whitespace fails (exit 1) unless
+    --allow-empty, because a model asked about nothing can only invent an answer."""
+    if not text.strip() and not allow_empty:
+        from gemmacli.errors import ExtractionFailed
+
+        where = "stdin" if name == "-" else name
+        raise ExtractionFailed(f"{where}: input is empty", hint="pass --allow-empty to extract anyway")
+    return text
+
+
 def decode(raw: bytes, name: str, *, encoding: str = "utf-8", errors: str = "strict") -> str:
     """Decode bytes, dropping a UTF-8 byte-order mark; strict errors become exit 5 with the byte offset."""
     try:

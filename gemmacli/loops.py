@@ -105,6 +105,10 @@ class Loop:
             f"the model went round in circles ({unit!r}…)"
 
 
+#: Model-chosen tokens a repetition needs before it counts as a loop (one per repetition, three repetitions).
+MIN_CHOSEN = 3
+
+
 class RepeatGuard:
     """Tracks, for every period p, how many trailing tokens equal the token p places before them; reads
     where the output is in the JSON from `position`, which the caller feeds each token before push()."""
@@ -122,6 +126,7 @@ class RepeatGuard:
         self.leading = False  # a way out was taken; forget the loop once the value ends
         self.close_below: int | None = None  # closing a container: until depth drops below this
         self._structure_at = -1  # index of the last token holding JSON structure (a quote, , : { } [ ])
+        self._chosen = [0]  # _chosen[i]: how many of the first i tokens the model chose (not the grammar)
 
     def forget(self) -> None:
         """Start afresh once a looping value is ended: the loop must not trip the next value. (After a
@@ -139,7 +144,10 @@ class RepeatGuard:
     def depth(self) -> int:
         return self.position.depth
 
-    def push(self, token: int) -> None:
+    def push(self, token: int, *, chosen: bool = True) -> None:
+        """Follow one more output token; `chosen=False` for a token the grammar forced (jump-forward, a
+        single allowed token, a completion the guard itself queued)."""
+        self._chosen.append(self._chosen[-1] + (1 if chosen else 0))
         if self._own_position:
             self.position.feed(self.tokenizer.decode_bytes([token]))
         ended, structure = self.position.last
@@ -160,12 +168,22 @@ class RepeatGuard:
         hits = (self.runs >= 2 * self.periods) & (self.runs + self.periods >= self.span)
         if hits.any():
             period = int(self.periods[int(np.argmax(hits))])
-            times = (int(self.runs[period - 1]) + period) // period
-            return self._found(self.tokens[-period:], times, {self.tokens[-period]}, period)
+            length = int(self.runs[period - 1]) + period
+            if not self._model_chose_within(length):
+                return None
+            return self._found(self.tokens[-period:], length // period, {self.tokens[-period]}, period)
         recent = self.tokens[max(self._since, len(self.tokens) - self.window):]
-        if len(recent) == self.window and len(set(recent)) <= self.distinct:
+        if len(recent) == self.window and len(set(recent)) <= self.distinct \
+                and self._model_chose_within(len(recent)):
             return self._found(recent[-16:], 0, set(recent), self.window // 2)
         return None
+
+    def _model_chose_within(self, last: int) -> bool:
+        """Whether the model chose at least MIN_CHOSEN of the last `last` tokens: a loop is one repeated at
+        least three times. A repetition the grammar forced (`minItems` of a `const`, a fixed key sequence)
+        is the schema's, not a loop: nothing to lead out of, and nothing to warn about."""
+        start = max(len(self._chosen) - 1 - last, 0)
+        return self._chosen[-1] - self._chosen[start] >= MIN_CHOSEN
 
     def _found(self, unit: list[int], times: int, avoid: set[int], span: int) -> Loop:
         """`span`: how far back the loop's structure is looked for (a unit, half the window)."""

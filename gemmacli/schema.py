@@ -127,7 +127,8 @@ def _parse_json(text: str, what: str) -> Any:
         where = f"line {exc.lineno}, column {exc.colno}"
         raise SchemaError(f"{what} is not valid JSON: {exc.msg} ({where})") from exc
     except RecursionError:
-        raise SchemaError(f"{what} nests too deeply to read (at most {MAX_DEPTH} levels)") from None
+        raise SchemaError(f"{what} nests too deeply to read; gemmacli reads at most {MAX_DEPTH} levels") \
+            from None
 
 
 def _read_file(path: Path) -> dict:

@@ -39,7 +39,7 @@ from gemmacli.check import (
     evaluate,
     load_policy,
 )
-from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, SchemaError
+from gemmacli.errors import ExitStatus, ExtractionFailed, SchemaError
 from gemmacli.files import write_atomically
 from gemmacli.inputs import collect_sources
 from gemmacli.schema import check_schema, load_schema

@@ -377,7 +377,10 @@ def _extract_batch(run: _BatchRun, args: argparse.Namespace, env: Environment) -
     every record in FILE, including those an earlier run wrote."""
     if run.output is None:
         return _run_records(run, batch.StdoutSink(env), args, env, earlier=None)
-    lock = OutputLock(run.output) if is_regular_or_new(run.output) else None
+    regular = is_regular_or_new(run.output)
+    if args.resume and not regular:  # never read a FIFO or a device to find records in it
+        raise UsageError(f"--resume needs a regular file, and {run.output} is not one (a device or a FIFO)")
+    lock = OutputLock(run.output) if regular else None
     try:
         earlier = _open_checkpoint(run, lock, args, env)
         sink = batch.JsonlFileSink(run.output, resume=args.resume, retry_failed=args.retry_failed)
