@@ -315,14 +315,14 @@ def test_a_lone_unknown_word_warns_that_it_was_read_as_the_concise_syntax(fake: 
     assert "not a file or a bundled schema" in result.stderr
 
 
-def test_help_shows_examples_first_and_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_shows_examples_right_after_usage_and_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["extract", "--help"]).status == 0
     text = capsys.readouterr().out
-    assert text.startswith("examples:")
-    assert text.index("examples:") < text.index("usage:")
+    assert text.startswith("usage:")
+    assert text.index("usage:") < text.index("examples:") < text.index("options:")
     assert "130" in text and "model missing or broken" in text
     assert run(["--help"]).status == 0
-    assert capsys.readouterr().out.startswith("examples:")
+    assert "\n\nexamples:\n" in capsys.readouterr().out
 
 
 def test_quiet_batch_prints_nothing_on_stderr(fake: list[str], tmp_path: Path) -> None:
