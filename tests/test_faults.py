@@ -30,7 +30,6 @@ import pytest
 
 from gemmacli import batch
 from gemmacli.cli import check_cmd, extract_cmd
-from gemmacli.outfile import OutputLock, sidecar_path
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -44,11 +43,24 @@ NO_PII = str(REPO / "schemas" / "policies" / "no-pii.json")
 CHECK_EXAMPLES = TESTS / "examples" / "check"
 
 
+class ApiFake:
+    """test_batch's fake in gemmacli.api.Extractor's shape, for code that builds that class itself."""
+
+    def __init__(self, schema: Any = None, **options: Any) -> None:
+        self.inner = fake_factory(batch.ExtractOptions(schema={}, model="fake"))
+
+    def extract(self, text: str) -> Any:
+        return self.inner.extract(text)
+
+
 @pytest.fixture
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """The fake extractor for `extract` and `check`, a fake model folder; tmp_path is the working folder."""
+    import gemmacli.api
+
+    monkeypatch.setattr(gemmacli.api, "Extractor", ApiFake)
     monkeypatch.setattr(extract_cmd, "EXTRACTOR_FACTORY", fake_factory)
-    monkeypatch.setattr(check_cmd, "EXTRACTOR_FACTORY", fake_factory)
+    monkeypatch.setattr(check_cmd, "EXTRACTOR_FACTORY", fake_factory, raising=False)
     folder = tmp_path / "models" / "fake"
     folder.mkdir(parents=True)
     (folder / "gemmacli.json").write_text("{}")  # a config with the default 32768-token context
@@ -137,6 +149,8 @@ def _first_run_with(*extra: str) -> Callable[[Path], None]:
 
 def _locked(holds: list[Any]) -> Callable[[Path], None]:
     def prepare(tmp: Path) -> None:
+        from gemmacli.outfile import OutputLock
+
         three_inputs(tmp)
         write(tmp / "out.jsonl", record("in/0.txt"))
         lock = OutputLock(tmp / "out.jsonl")
@@ -187,8 +201,8 @@ FAULTS = [
           output=_records_only_ok),
     Fault("a second run on a locked -o", ["extract", *SCHEMA, "in", "-o", "out.jsonl"], 2, "gemmacli pid",
           prepare=_locked(_LOCK_HOLDS), keep="out.jsonl"),
-    Fault("resume into a FIFO", ["extract", *SCHEMA, "in", "-o", "pipe", "--resume"], 2,
-          "needs a regular file", prepare=lambda tmp: (three_inputs(tmp), os.mkfifo(tmp / "pipe"))),
+    Fault("resume into a device", ["extract", *SCHEMA, "in", "-o", "null", "--resume"], 2,
+          "needs a regular file", prepare=lambda tmp: (three_inputs(tmp), private_node(tmp, "null", 3))),
 ]
 
 
@@ -384,6 +398,8 @@ def test_resume_of_stdin_extracts_new_text_and_skips_the_same(fake: str, tmp_pat
 
 
 def test_the_lock_is_released_and_the_sidecar_stays(fake: str, tmp_path: Path) -> None:
+    from gemmacli.outfile import sidecar_path
+
     three_inputs(tmp_path)
     assert run_cli(["extract", *SCHEMA, "-m", fake, "in", "-o", "out.jsonl"]).status == 0
     sidecar = sidecar_path(tmp_path / "out.jsonl")
@@ -397,6 +413,8 @@ def test_the_lock_is_released_and_the_sidecar_stays(fake: str, tmp_path: Path) -
 
 def test_two_concurrent_runs_on_one_output_never_interleave(fake: str, tmp_path: Path) -> None:
     """The second of two real processes on the same -o exits 2 naming the first; the file is the first's."""
+    from gemmacli.outfile import sidecar_path
+
     for i in range(4):
         write(tmp_path / "in" / f"{i}.txt", f"SLOW 0.5 doc {i}")
     code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); from gemmacli.cli import extract_cmd; "
