@@ -172,13 +172,15 @@ class _Finiteness:
 
     def _of_type(self, kind: str, node: dict, pointer: str, refs: tuple[str, ...]) -> bool:
         if kind == "object":
-            properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+            found = node.get("properties")
+            properties: dict[str, Any] = found if isinstance(found, dict) else {}
             required = [k for k in node.get("required", []) if isinstance(k, str)]
             return all(self.finite(properties.get(key, True), f"{pointer}/properties/{key}", refs)
                        for key in required)
         if kind == "array":
             count = node.get("minItems", 0) if isinstance(node.get("minItems"), int) else 0
-            prefix = node.get("prefixItems") if isinstance(node.get("prefixItems"), list) else []
+            items = node.get("prefixItems")
+            prefix: list[Any] = items if isinstance(items, list) else []
             rest = node.get("items") if isinstance(node.get("items"), dict) else True
             needed = [(p, f"{pointer}/prefixItems/{i}") for i, p in enumerate(prefix[:count])]
             if count > len(prefix):

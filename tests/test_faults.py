@@ -710,3 +710,13 @@ def test_readme_30_seconds_examples_name_files_that_exist() -> None:
         matches = list(REPO.glob(word)) if "*" in word else [REPO / word]
         assert matches and all(m.exists() for m in matches), word
     assert shutil.which("bash")
+
+
+def test_check_jobs_gives_the_same_report_as_one_process(fake: str, tmp_path: Path) -> None:
+    for i in range(4):
+        write(tmp_path / "docs" / f"{i}.md", f"document {i}")
+    write(tmp_path / "docs" / "empty.md", "")
+    argv = ["check", "--schema", PII, "--policy", NO_PII, "-m", fake, "--no-cache", "docs", "--format", "jsonl"]
+    one, two = run_cli(argv), run_cli([*argv, "--jobs", "2"])
+    assert one.status == two.status == 1
+    assert one.stdout == two.stdout and len(two.stdout.splitlines()) == 5
