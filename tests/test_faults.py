@@ -716,7 +716,8 @@ def test_check_jobs_gives_the_same_report_as_one_process(fake: str, tmp_path: Pa
     for i in range(4):
         write(tmp_path / "docs" / f"{i}.md", f"document {i}")
     write(tmp_path / "docs" / "empty.md", "")
-    argv = ["check", "--schema", PII, "--policy", NO_PII, "-m", fake, "--no-cache", "docs", "--format", "jsonl"]
+    argv = ["check", "--schema", PII, "--policy", NO_PII, "-m", fake, "--no-cache", "docs", "--format",
+            "jsonl"]
     one, two = run_cli(argv), run_cli([*argv, "--jobs", "2"])
     assert one.status == two.status == 1
     assert one.stdout == two.stdout and len(two.stdout.splitlines()) == 5
