@@ -179,7 +179,8 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
 
     budget = context - max_tokens
     text, clipped = clip_text(tokenizer, text, budget)
-    body = body_ids(text)
+    clipped_ids = _encode(tokenizer, text.strip()) if clipped else None  # the clip's ids, once
+    body = (clipped_ids + closing) if clipped_ids is not None else body_ids(text)
     if not clipped:
         for level in range(len(GUIDE_LEVELS)):  # a big schema's guide shrinks before the text is touched
             head = head_ids(level)
@@ -199,7 +200,7 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
     if fixed >= budget:
         raise ExtractionFailed(f"the schema guide alone ({fixed} tokens) leaves no room in the context "
                                f"({context} tokens with --max-tokens {max_tokens})")
-    text_ids = _encode(tokenizer, text.strip())
+    text_ids = clipped_ids if clipped_ids is not None else _encode(tokenizer, text.strip())
     keep = max(0, budget - fixed)
     while True:
         body = body_ids(tokenizer.decode(text_ids[:keep]))
@@ -208,9 +209,10 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
         keep = max(0, keep - (len(head) + len(body) - budget))
 
 
-#: Characters tokenized first when a text might not fit: ample for `budget` tokens of any real text
-#: (Gemma averages about 4 characters a token), so a 50 MB input is judged from a small prefix.
-CHARS_PER_TOKEN_GUESS = 8
+#: Characters a token tokenized first when a text might not fit: more than `budget` tokens of most text
+#: (Gemma averages 4 to 5 characters a token in English), so a 50 MB input is judged from a small prefix;
+#: a text of longer tokens grows the prefix.
+CHARS_PER_TOKEN_GUESS = 6
 
 
 def clip_text(tokenizer: Any, text: str, budget: int) -> tuple[str, bool]:
@@ -224,7 +226,7 @@ def clip_text(tokenizer: Any, text: str, budget: int) -> tuple[str, bool]:
     while len(text) > limit:
         if len(_encode(tokenizer, text[:limit])) > budget:
             return text[:limit], True
-        limit *= 4
+        limit *= 2
     return text, False
 
 
