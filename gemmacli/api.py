@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -133,7 +134,7 @@ class Extractor:
             raise SchemaError(f"a schema must be a JSON object, not {type(schema).__name__}", pointer="")
         if max_tokens is not None and max_tokens < 1:
             raise UsageError(f"--max-tokens must be at least 1, not {max_tokens}")
-        if temperature < 0 or not 0 < top_p <= 1:
+        if not math.isfinite(temperature) or temperature < 0 or not 0 < top_p <= 1:  # nan fails both
             raise UsageError("--temperature must be >= 0 and --top-p in (0, 1]")
         self.instructions = instructions
         self.examples = examples if isinstance(examples, Examples) else Examples(tuple(examples),
@@ -289,6 +290,9 @@ def budget_for(schema: dict, model: Any, max_tokens: int | None) -> tuple[int, i
     second: a schema that cannot be answered within the budget is refused before any model work."""
     smallest = count_tokens(model.tokenizer, smallest_json(schema))
     context = int(getattr(model.config, "context_length", 32768))
+    if max_tokens is not None and max_tokens >= context:
+        raise UsageError(f"--max-tokens {max_tokens} does not fit this model's context of {context} tokens",
+                         hint=f"use at most {context // 2}, or leave it out to size it from the schema")
     budget = max_tokens if max_tokens is not None else min(max(DEFAULT_MAX_TOKENS, 2 * smallest + 64),
                                                            context // 2)
     if smallest > budget:

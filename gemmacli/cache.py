@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gemmacli.files import write_atomically
+from gemmacli.files import json_bytes, write_atomically
 from gemmacli.store import cache_home
 
 
@@ -42,7 +42,7 @@ class ResultCache:
 
     def put(self, key: str, record: dict[str, Any]) -> None:
         """Store a record; a read-only or full cache only warns once, the check itself goes on."""
-        data = json.dumps(record, ensure_ascii=False).encode("utf-8")  # key order kept: reports match
+        data = json_bytes(record, compact=False)  # key order kept: reports match; odd file names escaped
         try:
             write_atomically(self._entry(key), data, make_parents=True)
         except OSError as exc:

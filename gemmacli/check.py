@@ -27,7 +27,8 @@ from gemmacli.errors import (
     InputOutputError,
     SchemaError,
 )
-from gemmacli.schema import canonical_json, join_pointer, schema_sha256
+from gemmacli.inputs import require_text
+from gemmacli.schema import canonical_json, check_depth, check_patterns, join_pointer, schema_sha256
 
 PASS = "pass"
 VIOLATION = "violation"
@@ -96,9 +97,9 @@ def load_policy(arg: str) -> Policy:
     elif arg in bundled_policies():
         path = bundled_policies()[arg]
         name, text = arg, _read_policy_file(path)
-    else:
+    else:  # like an unknown schema: a usage of the policy argument that names nothing (3, not 5)
         known = ", ".join(bundled_policies()) or "none"
-        raise InputOutputError(
+        raise SchemaError(
             f"policy not found: {arg}",
             hint=f"give a policy file, inline JSON, or a bundled name ({known})",
         )
@@ -108,6 +109,8 @@ def load_policy(arg: str) -> Policy:
         raise SchemaError(
             f"policy {name} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise SchemaError(f"policy {name} nests too deeply to read") from None
     check_policy(schema, name=name)
     return Policy(schema=schema, name=name, path=path, sha256=schema_sha256(schema))
 
@@ -130,6 +133,8 @@ def check_policy(schema: Any, *, name: str = "policy") -> None:
     if not isinstance(schema, dict):
         raise SchemaError(f"{name} must be a JSON object (a JSON Schema), got {type(schema).__name__}",
                           pointer="")
+    check_depth(schema, what=name)
+    check_patterns(schema)
     if not isinstance(schema.get("$schema", ""), str):
         raise SchemaError(f"{name}: $schema must be a URI string", pointer="/$schema")
     validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
@@ -355,6 +360,10 @@ class CacheLike(Protocol):
     def put(self, key: str, record: dict[str, Any]) -> None: ...
 
 
+#: `check --jobs`: (name, text) pairs in; out, in order, each (value, repetition notes) or its failure.
+ExtractMany = Callable[[list[tuple[str, str]]], Iterator["tuple[Any, list[str]] | ExtractionFailed"]]
+
+
 @dataclass
 class CheckRunner:
     """Runs sources through cache -> extractor -> policy; loads the extractor only on the first miss.
@@ -372,6 +381,10 @@ class CheckRunner:
     encoding: str = "utf-8"
     decode_errors: str = "strict"
     on_outcome: Callable[[FileOutcome], None] | None = None
+    allow_empty: bool = False
+    #: Extracts many texts at once (`check --jobs`): given (name, text) pairs, yields for each, in order,
+    #: the extracted value and its repetition-guard notes, or the ExtractionFailed it ended in.
+    extract_many: ExtractMany | None = None
     _extractor: ExtractorLike | None = field(default=None, init=False, repr=False)
 
     @property
@@ -383,38 +396,67 @@ class CheckRunner:
         return sha256_text(material)
 
     def run(self, sources: Sequence[SourceLike]) -> list[FileOutcome]:
+        """Every source's outcome, in input order (each reported to `on_outcome` as soon as it is known)."""
         outcomes = []
-        for source in sources:
-            outcome = self.check_one(source)
+        for outcome in self._outcomes(sources):
             outcomes.append(outcome)
             if self.on_outcome is not None:
                 self.on_outcome(outcome)
         return outcomes
+
+    def _outcomes(self, sources: Sequence[SourceLike]) -> Iterator[FileOutcome]:
+        if self.extract_many is None:
+            for source in sources:
+                yield self.check_one(source)
+            return
+        known = [self._known(source) for source in sources]  # read + cache first; then the misses at once
+        misses = [(s, found) for s, found in zip(sources, known, strict=True) if isinstance(found, str)]
+        results = self.extract_many([(source.name, text) for source, text in misses]) if misses else iter(())
+        for source, found in zip(sources, known, strict=True):
+            if not isinstance(found, str):
+                yield found
+                continue
+            outcome = self._judged(source, next(results))  # type: ignore[arg-type]
+            self._remember(found, outcome)
+            yield outcome
 
     def check_one(self, source: SourceLike) -> FileOutcome:
         """One source's outcome; reading and extraction failures become ERROR outcomes, not exceptions.
 
         ModelError and SchemaError still propagate: they are about the whole run, not this file.
         """
+        found = self._known(source)
+        if not isinstance(found, str):
+            return found
+        outcome = self._extract_and_judge(source, found)
+        self._remember(found, outcome)
+        return outcome
+
+    def _known(self, source: SourceLike) -> FileOutcome | str:
+        """The outcome when reading decides it (unreadable, empty) or the cache has it; else the text."""
         try:
             text = source.read_text(encoding=self.encoding, errors=self.decode_errors)
+            require_text(text, source.name, allow_empty=self.allow_empty)
         except (InputOutputError, OSError) as exc:
             message = exc.message if isinstance(exc, GemmacliError) else str(exc)
             return FileOutcome(source=source.name, path=source.path, status=ERROR, error=message,
                                error_kind="input")
-        key = self.cache_key(text)
+        except ExtractionFailed as exc:  # empty: the rule `extract` applies too (gemmacli.inputs)
+            return FileOutcome(source=source.name, path=source.path, status=ERROR, error=exc.message,
+                               error_kind="extraction")
         if self.cache is not None:
-            record = self.cache.get(key)
+            record = self.cache.get(self.cache_key(text))
             if record is not None and record.get("source") is not None:
                 record = {**record, "source": source.name}
                 try:
                     return FileOutcome.from_dict(record, path=source.path, cached=True)
                 except (AttributeError, KeyError, TypeError, ValueError):
                     pass  # an entry from an incompatible build: recompute
-        outcome = self._extract_and_judge(source, text)
+        return text
+
+    def _remember(self, text: str, outcome: FileOutcome) -> None:
         if self.cache is not None:
-            self.cache.put(key, outcome.to_dict())
-        return outcome
+            self.cache.put(self.cache_key(text), outcome.to_dict())
 
     def _extract_and_judge(self, source: SourceLike, text: str) -> FileOutcome:
         if self._extractor is None:
@@ -422,7 +464,12 @@ class CheckRunner:
         try:
             result = self._extractor.extract(text)
         except ExtractionFailed as exc:
-            return FileOutcome(source=source.name, path=source.path, status=ERROR, error=exc.message,
+            return self._judged(source, exc)
+        return self._judged(source, (result.data, list(getattr(result, "repeats", ()) or ())))
+
+    def _judged(self, source: SourceLike, result: tuple[Any, list[str]] | ExtractionFailed) -> FileOutcome:
+        if isinstance(result, ExtractionFailed):
+            return FileOutcome(source=source.name, path=source.path, status=ERROR, error=result.message,
                                error_kind="extraction")
-        return judge(self.policy, source.name, source.path, result.data,
-                     list(getattr(result, "repeats", ()) or ()))
+        data, repeats = result
+        return judge(self.policy, source.name, source.path, data, repeats)

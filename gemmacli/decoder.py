@@ -26,6 +26,7 @@ Every path that adds tokens to the output checks the budget first (`_check_budge
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -216,6 +217,8 @@ class _Decoding:
         self.generated = self.forced = self.small = self.full = 0
         self.sizes: list[int] = []
         self.repeats: list[str] = []
+        self.last_chosen = False  # whether the masked choice was the model's (see _one_text)
+        self.last_free = False  # whether it was made in free text (most of the vocabulary allowed)
         # The grammar's side.
         self.eos = frozenset(int(e) for e in tokenizer.eos_tokens)
         self.n_vocab = int(tokenizer.vocab_size)
@@ -256,7 +259,7 @@ class _Decoding:
             return True
         if token in self.eos:
             return False
-        self._take(token, "an allowed token")
+        self._take(token, "an allowed token", chosen=self.last_chosen, free=self.last_free)
         return True
 
     # ------------------------------------------------------------------------------ the ways of a step
@@ -291,7 +294,7 @@ class _Decoding:
         if token is None or token in self.eos:
             return False
         self.generated += 1
-        self._take(token, "an accepted token")
+        self._take(token, "an accepted token", chosen=True, free=True)
         return True
 
     def _masked_choice(self, loop: Loop | None, lazy_logits: np.ndarray | None) -> int | None:
@@ -300,10 +303,13 @@ class _Decoding:
         the lead-out forced a completion instead of a choice."""
         count, ids = self._fill_mask()
         decided = self._decided_by_mask(ids)
+        self.last_chosen = False
         if decided is not None:
             self.forced += 1
             return decided
         ids, logits = self._allowed_logits(ids, lazy_logits)
+        self.last_chosen = not _one_text(ids, self.tokenizer)
+        self.last_free = count > self.threshold  # many allowed: free text, not a few values
         if loop is not None and count > 1:  # with one token allowed there is no way out to choose
             narrowed = self._lead_out(loop, ids, logits)
             if narrowed is None:
@@ -416,23 +422,24 @@ class _Decoding:
         self._advance(tokens)
         self.forced += len(tokens)
 
-    def _take(self, token: int, what: str) -> None:
-        """Consume one chosen token, and queue it for the model."""
+    def _take(self, token: int, what: str, *, chosen: bool, free: bool = False) -> None:
+        """Consume one token of a step, and queue it for the model. `chosen`: the model picked it among
+        texts that differ (not one the grammar left no real choice about)."""
         self._check_budget(1)
         if not self.matcher.consume_token(token):
             raise self._fail(f"the grammar engine refused {what}: {self.matcher.get_error()}")
-        self._advance([token])
+        self._advance([token], chosen=chosen, free=free)
 
-    def _advance(self, tokens: Sequence[int]) -> None:
+    def _advance(self, tokens: Sequence[int], *, chosen: bool = False, free: bool = False) -> None:
         """Append consumed tokens to the output and the model's queue; follow them in the lexer and the
-        guard."""
+        guard (which counts only the model's choices towards a loop)."""
         for t in tokens:
             token = int(t)
             self.out.append(token)
             self.pending.append(token)
             self.position.feed(self.tokenizer.decode_bytes([token]))
             if self.guard is not None:
-                self.guard.push(token)
+                self.guard.push(token, chosen=chosen, free=free)
 
     def _check_budget(self, adding: int) -> None:
         """The one budget check: the output may not grow past max_tokens. Failing beats a cut JSON."""
@@ -494,6 +501,16 @@ def _best_accepted(matcher: GrammarMatcher, logits: np.ndarray, candidates: int)
         if matcher.validate_tokens([token]) == 1:
             return int(token)
     return None
+
+
+def _one_text(ids: np.ndarray, tokenizer: DecoderTokenizer, most: int = 8) -> bool:
+    """Whether the allowed tokens all spell the same text, only cut differently (`"` or `",` when the
+    grammar forces `","`): picking one is no choice of the model's, so the repetition guard does not count
+    it (a schema that forces a repetition is not a loop). Only small sets are looked at."""
+    if ids.size > most:
+        return False
+    pieces = sorted((bytes(tokenizer.decode_bytes([int(t)])) for t in ids.tolist()), key=len)
+    return all(longer.startswith(shorter) for shorter, longer in itertools.pairwise(pieces))
 
 
 def _budget_message(max_tokens: int) -> str:

@@ -11,6 +11,44 @@ from rich.console import Console
 from rich.markup import escape
 
 
+class ClosedStream:
+    """Stands in for a standard stream the shell closed (`<&-`, `>&-`): Python then has no sys.stdin or
+    sys.stdout at all. Reading it is a usage error (2), writing it an I/O error (5), never a traceback."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def read(self, size: int = -1, /) -> bytes:
+        from gemmacli.errors import UsageError
+
+        raise UsageError(f"{self.name} is closed: there is no input to read",
+                         hint="pipe text in, or name the input files")
+
+    def write(self, data: bytes, /) -> int:
+        from gemmacli.errors import InputOutputError
+
+        raise InputOutputError(f"{self.name} is closed: there is nowhere to write the result",
+                               hint="redirect it (> FILE), or pass -o FILE")
+
+    def flush(self) -> None:
+        return None
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _stdin() -> IO[bytes]:
+    return sys.stdin.buffer if sys.stdin is not None else ClosedStream("stdin")  # type: ignore[return-value]
+
+
+def _stdout() -> IO[bytes]:
+    return sys.stdout.buffer if sys.stdout is not None else ClosedStream("stdout")  # type: ignore[return-value]
+
+
+def _stderr() -> IO[str]:
+    return sys.stderr if sys.stderr is not None else open(os.devnull, "w")  # lives as long as we do
+
+
 def _isatty(stream: IO) -> bool:
     try:
         return stream.isatty()
@@ -22,9 +60,9 @@ def _isatty(stream: IO) -> bool:
 class Environment:
     """stdin/stdout carry data; everything a person reads goes to `console` (stderr, via rich)."""
 
-    stdin: IO[bytes] = field(default_factory=lambda: sys.stdin.buffer)
-    stdout: IO[bytes] = field(default_factory=lambda: sys.stdout.buffer)
-    stderr: IO[str] = field(default_factory=lambda: sys.stderr)
+    stdin: IO[bytes] = field(default_factory=_stdin)
+    stdout: IO[bytes] = field(default_factory=_stdout)
+    stderr: IO[str] = field(default_factory=_stderr)
     stdin_isatty: bool | None = None
     stdout_isatty: bool | None = None
     stderr_isatty: bool | None = None

@@ -79,13 +79,42 @@ def load_hf_config(source: str) -> dict[str, Any]:
     if local.exists():
         raise UsageError(f"{local} is a file; SOURCE must be a checkpoint folder or a Hugging Face id")
     require_export_tools()
-    try:
-        from transformers import AutoConfig
+    from transformers import AutoConfig
 
+    try:  # a Hub id downloaded before needs no network at all
+        return AutoConfig.from_pretrained(source, local_files_only=True).to_dict()
+    except (OSError, ValueError):
+        pass
+    _require_hub(source)
+    try:
         return AutoConfig.from_pretrained(source).to_dict()
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read the checkpoint {source!r}: {_first_line(exc)}",
                          hint="check the id, your network, or pass a local checkpoint folder") from exc
+
+
+def _require_hub(source: str) -> None:
+    """ModelError (4) at once, in one line, when the Hub cannot be reached: without this the hub client
+    retried for ~26 s and printed every retry's traceback before failing."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    offline = any(os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+                  for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    proxied = any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+    reason = "offline mode is on (HF_HUB_OFFLINE)" if offline else None
+    if reason is None and not proxied:
+        try:
+            port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+            socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=5).close()
+        except OSError as exc:
+            reason = f"{endpoint.hostname} cannot be reached ({exc.strerror or exc})"
+    if reason is not None:
+        raise ModelError(f"cannot fetch {source!r} from the Hugging Face Hub: {reason}",
+                         hint="export a local checkpoint folder instead (gemmacli model export ./FOLDER "
+                              "--name NAME), or `gemmacli model synth` for a random-weight model")
 
 
 def _first_line(exc: BaseException) -> str:

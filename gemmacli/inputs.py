@@ -9,7 +9,7 @@ class Source:
     def read_text(self, *, encoding="utf-8", errors="strict") -> str
         Bad bytes -> InputOutputError (exit 5) naming the file and byte offset.
 
-def collect_sources(args: list[str], *, glob: str | None = None, stdin: IO[bytes] | None = None,
+def collect_sources(args: list[str], *, glob: str | None = None, stdin: Readable | None = None,
                     jsonl: bool = False, text_field="text", id_field=None) -> list[Source]
     Files, shell-unexpanded globs and folders (recursively, filtered by `glob`), "-" for stdin;
     sorted deterministically within a folder. Missing path -> InputOutputError (exit 5).
@@ -28,11 +28,17 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import Protocol
 
 from gemmacli.errors import InputOutputError
 
 _GLOB_CHARS = set("*?[")
+
+
+class Readable(Protocol):
+    """What is read from stdin: a binary stream, or gemmacli.cli.commands.HashingReader around one."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class Source:
     path: Path | None
     data: bytes | None = field(default=None, repr=False, compare=False)  # stdin bytes
     text: str | None = field(default=None, repr=False, compare=False)  # a JSON Lines record's text
+    from_stdin: bool = field(default=False, compare=False)  # read from `-` (--resume compares its text)
 
     def read_text(self, *, encoding: str = "utf-8", errors: str = "strict") -> str:
         """Decode this source; undecodable bytes name the file and byte offset (exit 5)."""
@@ -59,6 +66,17 @@ class Source:
         else:  # pragma: no cover - a Source is always built with one of the three
             raise InputOutputError(f"{self.name}: nothing to read")
         return decode(raw, self.name, encoding=encoding, errors=errors)
+
+
+def require_text(text: str, name: str, *, allow_empty: bool) -> str:
+    """The one rule `extract` and `check` share: an input with nothing but whitespace fails (exit 1) unless
+    --allow-empty, because a model asked about nothing can only invent an answer."""
+    if not text.strip() and not allow_empty:
+        from gemmacli.errors import ExtractionFailed
+
+        where = "stdin" if name == "-" else name
+        raise ExtractionFailed(f"{where}: input is empty", hint="pass --allow-empty to extract anyway")
+    return text
 
 
 def decode(raw: bytes, name: str, *, encoding: str = "utf-8", errors: str = "strict") -> str:
@@ -83,7 +101,7 @@ def collect_sources(
     args: list[str],
     *,
     glob: str | None = None,
-    stdin: IO[bytes] | None = None,
+    stdin: Readable | None = None,
     jsonl: bool = False,
     text_field: str = "text",
     id_field: str | None = None,
@@ -98,7 +116,7 @@ def collect_sources(
             if jsonl:
                 sources.extend(_jsonl_sources(data, "-", text_field, id_field))
             else:
-                sources.append(Source(name="-", kind="stdin", path=None, data=data))
+                sources.append(Source(name="-", kind="stdin", path=None, data=data, from_stdin=True))
             continue
         for path, name in _expand(arg, glob):
             if jsonl:
@@ -185,5 +203,5 @@ def _jsonl_sources(data: bytes, name: str, text_field: str, id_field: str | None
                 raise InputOutputError(f"{where}: no field '{id_field}'", hint="check --id-field")
             identity = record[id_field]
             source_name = identity if isinstance(identity, str) else json.dumps(identity)
-        sources.append(Source(name=source_name, kind="jsonl", path=None, text=value))
+        sources.append(Source(name=source_name, kind="jsonl", path=None, text=value, from_stdin=name == "-"))
     return sources

@@ -120,6 +120,10 @@ class Loop:
             f"the model went round in circles ({unit!r}…)"
 
 
+#: Model-chosen tokens a repetition needs before it counts as a loop (one per repetition, three repetitions).
+MIN_CHOSEN = 3
+
+
 class RepeatGuard:
     """Tracks, for every period p, how many trailing tokens equal the token p places before them; reads
     where the output is in the JSON from `position`, which the caller feeds each token before push()."""
@@ -139,6 +143,8 @@ class RepeatGuard:
         self._structure_at = -1  # index of the last token holding JSON structure (a quote, , : { } [ ])
         self._items: dict[int, set[bytes]] = {}  # strings already in each open array, by its depth
         self._repeated: Loop | None = None  # an array item written twice: a loop, reported once
+        self._chosen = [0]  # _chosen[i]: how many of the first i tokens the model chose (not the grammar)
+        self._item_free = False  # the string being written had a free-text choice (not an enum's)
 
     def forget(self) -> None:
         """Start afresh once a looping value is ended: the loop must not trip the next value. (After a
@@ -156,9 +162,17 @@ class RepeatGuard:
     def depth(self) -> int:
         return self.position.depth
 
-    def push(self, token: int) -> None:
+    def push(self, token: int, *, chosen: bool = True, free: bool = False) -> None:
+        """Follow one more output token; `chosen=False` for a token the grammar forced (jump-forward, a
+        single allowed token, a completion the guard itself queued); `free` for a choice in free text
+        (most of the vocabulary allowed: a name, not one of an enum's few values)."""
+        self._chosen.append(self._chosen[-1] + (1 if chosen else 0))
+        was_in_string = self.position.in_string
         if self._own_position:
             self.position.feed(self.tokenizer.decode_bytes([token]))
+        if not was_in_string:
+            self._item_free = False  # a new string (if this token opened one) starts unchosen
+        self._item_free = self._item_free or (free and chosen)
         ended, structure = self.position.last
         if structure:
             self._structure_at = len(self.tokens)
@@ -173,12 +187,14 @@ class RepeatGuard:
 
     def _track_items(self, token: int) -> None:
         """An array of strings that gets an item it already holds (`["Lebanon","Lebanon",…`) is a loop: a
-        list of names has each once. The array is closed from here (the repeat itself is already written)."""
+        list of names has each once. The array is closed from here (the repeat itself is already written).
+        Only items the model wrote as free text count: a repeated enum value or a forced `const` may be
+        the data."""
         for depth in [d for d in self._items if d > self.depth]:
             del self._items[depth]  # arrays that closed
         for depth, item in self.position.array_items:
             seen = self._items.setdefault(depth, set())
-            if item in seen and self.close_below is None:
+            if item in seen and self.close_below is None and self._item_free:
                 self.close_below = depth
                 unit = [int(t) for t in self.tokenizer.tokenize_str(item.decode("utf-8", "replace"))]
                 self._repeated = Loop(unit or [token], 2, set(), False, structural=True)
@@ -194,12 +210,22 @@ class RepeatGuard:
         hits = (self.runs >= 2 * self.periods) & (self.runs + self.periods >= self.span)
         if hits.any():
             period = int(self.periods[int(np.argmax(hits))])
-            times = (int(self.runs[period - 1]) + period) // period
-            return self._found(self.tokens[-period:], times, {self.tokens[-period]}, period)
+            length = int(self.runs[period - 1]) + period
+            if not self._model_chose_within(length):
+                return None
+            return self._found(self.tokens[-period:], length // period, {self.tokens[-period]}, period)
         recent = self.tokens[max(self._since, len(self.tokens) - self.window):]
-        if len(recent) == self.window and len(set(recent)) <= self.distinct:
+        if len(recent) == self.window and len(set(recent)) <= self.distinct \
+                and self._model_chose_within(len(recent)):
             return self._found(recent[-16:], 0, set(recent), self.window // 2)
         return None
+
+    def _model_chose_within(self, last: int) -> bool:
+        """Whether the model chose at least MIN_CHOSEN of the last `last` tokens: a loop is one repeated at
+        least three times. A repetition the grammar forced (`minItems` of a `const`, a fixed key sequence)
+        is the schema's, not a loop: nothing to lead out of, and nothing to warn about."""
+        start = max(len(self._chosen) - 1 - last, 0)
+        return self._chosen[-1] - self._chosen[start] >= MIN_CHOSEN
 
     def _found(self, unit: list[int], times: int, avoid: set[int], span: int) -> Loop:
         """`span`: how far back the loop's structure is looked for (a unit, half the window)."""

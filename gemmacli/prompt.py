@@ -230,14 +230,18 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
         return _encode(tokenizer, _neutralise(lead + body.strip())) + closing
 
     budget = context - max_tokens
-    body = body_ids(text)
-    for level in range(len(GUIDE_LEVELS)):  # a big schema's guide shrinks before the text is touched
-        head = head_ids(level)
-        if len(head) + len(body) <= budget:
-            return Prompt(head + body, False, len(head))
+    text, clipped = clip_text(tokenizer, text, budget)
+    clipped_ids = _encode(tokenizer, text.strip()) if clipped else None  # the clip's ids, once
+    body = (clipped_ids + closing) if clipped_ids is not None else body_ids(text)
+    if not clipped:
+        for level in range(len(GUIDE_LEVELS)):  # a big schema's guide shrinks before the text is touched
+            head = head_ids(level)
+            if len(head) + len(body) <= budget:
+                return Prompt(head + body, False, len(head))
     if not truncate:
+        size = f"more than {len(body)}" if clipped else f"{len(head_ids(len(GUIDE_LEVELS) - 1)) + len(body)}"
         raise ExtractionFailed(
-            f"the input is too long: the prompt is {len(head) + len(body)} tokens and {max_tokens} more are "
+            f"the input is too long: the prompt is {size} tokens and {max_tokens} more are "
             f"reserved for the answer, but the model's context holds {context}",
             hint="pass --truncate to cut the text to fit, or lower --max-tokens",
         )
@@ -248,13 +252,34 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
     if fixed >= budget:
         raise ExtractionFailed(f"the schema guide alone ({fixed} tokens) leaves no room in the context "
                                f"({context} tokens with --max-tokens {max_tokens})")
-    text_ids = _encode(tokenizer, text.strip())
+    text_ids = clipped_ids if clipped_ids is not None else _encode(tokenizer, text.strip())
     keep = max(0, budget - fixed)
     while True:
         body = body_ids(tokenizer.decode(text_ids[:keep]))
         if len(head) + len(body) <= budget or keep == 0:
             return Prompt(head + body, True, len(head))
         keep = max(0, keep - (len(head) + len(body) - budget))
+
+
+#: Characters a token tokenized first when a text might not fit: more than `budget` tokens of most text
+#: (Gemma averages 4 to 5 characters a token in English), so a 50 MB input is judged from a small prefix;
+#: a text of longer tokens grows the prefix.
+CHARS_PER_TOKEN_GUESS = 6
+
+
+def clip_text(tokenizer: Any, text: str, budget: int) -> tuple[str, bool]:
+    """(`text`, False) when it may fit in `budget` tokens; else (a prefix already over `budget`, True).
+
+    Tokenizing a huge input whole cost a minute and gigabytes before the length check could refuse it. A
+    prefix of CHARS_PER_TOKEN_GUESS characters a token is tokenized first, and grown only while it stays
+    under the budget, so "too long" is decided, and --truncate cut, from about what fits.
+    """
+    limit = max(budget, 1) * CHARS_PER_TOKEN_GUESS
+    while len(text) > limit:
+        if len(_encode(tokenizer, text[:limit])) > budget:
+            return text[:limit], True
+        limit *= 2
+    return text, False
 
 
 def count_tokens(tokenizer: Any, text: str) -> int:

@@ -26,6 +26,7 @@ from gemmacli.check import (
     Policy,
     Violation,
 )
+from gemmacli.files import json_bytes
 
 FORMATS = ("jsonl", "junit", "sarif")
 SARIF_SCHEMA_URI = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -79,11 +80,8 @@ def violation_text(violation: Violation) -> str:
 
 def jsonl_report(outcomes: Sequence[FileOutcome]) -> bytes:
     """One record per file in input order, as the cache stores it plus whether it came from there."""
-    lines = [
-        json.dumps({**outcome.to_dict(), "cached": outcome.cached}, ensure_ascii=False)
-        for outcome in outcomes
-    ]
-    return "".join(line + "\n" for line in lines).encode("utf-8")
+    return b"".join(json_bytes({**outcome.to_dict(), "cached": outcome.cached}, compact=False) + b"\n"
+                    for outcome in outcomes)
 
 
 # ---------------------------------------------------------------------------------------------- junit
@@ -234,4 +232,4 @@ def sarif_report(outcomes: Sequence[FileOutcome], policy: Policy, *, allow_error
                        "passed": sum(o.status == PASS for o in outcomes)},
     }
     log = {"$schema": SARIF_SCHEMA_URI, "version": "2.1.0", "runs": [run]}
-    return (json.dumps(log, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+    return json_bytes(log, indent=2) + b"\n"

@@ -127,6 +127,9 @@ def _parse_json(text: str, what: str) -> Any:
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno}, column {exc.colno}"
         raise SchemaError(f"{what} is not valid JSON: {exc.msg} ({where})") from exc
+    except RecursionError:
+        raise SchemaError(f"{what} nests too deeply to read; gemmacli reads at most {MAX_DEPTH} levels") \
+            from None
 
 
 def _read_file(path: Path) -> dict:
@@ -478,6 +481,16 @@ def check_schema(
     """
     if not isinstance(schema, dict):
         raise SchemaError(f"a schema must be a JSON object, not {type(schema).__name__}", pointer="")
+    check_depth(schema)
+    check_patterns(schema)
+    try:
+        return _check_schema(schema, lenient=lenient, options=options)
+    except RecursionError:  # a safety net behind check_depth: never a traceback
+        raise SchemaError(f"the schema is nested too deeply to check (at most {MAX_DEPTH} levels)",
+                          pointer="") from None
+
+
+def _check_schema(schema: dict, *, lenient: bool, options: dict | None) -> tuple[dict, list[str]]:
     warnings: list[str] = []
     _check_metaschema(schema, warnings)
     work = copy.deepcopy(schema)
@@ -518,6 +531,7 @@ def check_schema(
     for _ in range(32):
         err = _compile_error(work, options)
         if err is None:
+            _refuse_endless(work)
             return work, warnings
         pointer = locate_error(work, err, options)
         node = resolve_pointer(work, pointer) if pointer is not None else None
@@ -529,6 +543,77 @@ def check_schema(
                 pointer = _nearest_holding(work, pointer, "oneOf")
             raise SchemaError(_explain(err), pointer=pointer, hint=_hint(err))
     raise SchemaError("the grammar engine refused the schema (too many problems to drop)", pointer="")
+
+
+def _refuse_endless(work: dict) -> None:
+    """A schema no finite JSON satisfies (a required property holding its own schema again) is refused:
+    decoding it could only run until the budget is spent."""
+    from gemmacli.sizing import endless_ref
+
+    pointer = endless_ref(work)
+    if pointer is not None:
+        raise SchemaError(
+            "no finite JSON value satisfies this schema: this $ref is required again inside itself, "
+            "without end",
+            pointer=pointer,
+            hint="make the recursive property optional, or give it a way out (anyOf with null or [])",
+        )
+
+
+#: How deeply a schema (or policy) document may nest objects and arrays. jsonschema's own checks recurse
+#: several frames per level, so ~100 levels of subschemas (200 of JSON) exhaust Python's stack; no real
+#: extraction schema comes near this.
+MAX_DEPTH = 128
+
+
+def check_depth(document: Any, what: str = "the schema") -> None:
+    """SchemaError (exit 3) naming the depth when `document` nests deeper than MAX_DEPTH. Measured without
+    recursion, so a 100 000-level document is measured as safely as a flat one."""
+    deepest, where = 0, ""
+    stack: list[tuple[Any, int, str | None]] = [(document, 1, "")]
+    while stack:
+        node, depth, pointer = stack.pop()
+        if depth > deepest:
+            deepest = depth
+            where = pointer if pointer is not None else where
+        children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) \
+            else ()
+        for key, child in children:
+            if isinstance(child, (dict, list)):
+                below = join_pointer(pointer, key) if pointer is not None and depth <= MAX_DEPTH else None
+                stack.append((child, depth + 1, below))
+    if deepest > MAX_DEPTH:
+        shown = where if len(where) <= 60 else where[:60] + "…"
+        raise SchemaError(f"{what} nests {deepest} levels of objects and arrays deep (at {shown}); gemmacli "
+                          f"reads at most {MAX_DEPTH}")
+
+
+def check_patterns(document: Any) -> None:
+    """Every `pattern` and `patternProperties` key must be a regular expression: one that does not parse
+    (`((`) is an invalid schema (exit 3, its pointer), never "cannot enforce", with or without --lenient.
+    The output is validated with Python's `re` (through jsonschema), so that is the reading that counts."""
+    import re
+
+    stack: list[tuple[Any, str]] = [(document, "")]
+    while stack:
+        node, pointer = stack.pop()
+        if isinstance(node, list):
+            stack.extend((child, join_pointer(pointer, i)) for i, child in enumerate(node))
+            continue
+        if not isinstance(node, dict):
+            continue
+        found = [("pattern", node["pattern"])] if isinstance(node.get("pattern"), str) else []
+        if isinstance(node.get("patternProperties"), dict):
+            found += [(f"patternProperties/{_escape(k)}", k) for k in node["patternProperties"]]
+        for key, regex in found:
+            try:
+                re.compile(regex)
+            except (re.error, RecursionError, OverflowError) as exc:
+                raise SchemaError(f"invalid regular expression {regex!r}: {exc}",
+                                  pointer=f"{pointer}/{key}") from None
+        for key, child in node.items():
+            if key not in ("const", "enum", "default", "examples"):  # values, not subschemas
+                stack.append((child, join_pointer(pointer, key)))
 
 
 def _nearest_holding(root: dict, pointer: str, key: str) -> str:

@@ -103,6 +103,92 @@ class _Sizer:
         return 0  # number, integer
 
 
+def endless_ref(schema: dict) -> str | None:
+    """The pointer of a `$ref` every instance must follow forever (a required property that holds its own
+    schema again, with no branch out), or None when some finite instance exists.
+
+    Such a schema passes every metaschema check, and llguidance compiles it, but decoding it can only run
+    until the budget is spent; it is refused up front instead (gemmacli.schema.check_schema, exit 3).
+    """
+    return _Finiteness(schema).endless()
+
+
+class _Finiteness:
+    """A least fixpoint by search: a node is finite when one of its derivations never revisits a $ref
+    already being expanded on the same path. Mirrors _Sizer's reading (unresolvable parts count as finite)."""
+
+    def __init__(self, root: dict) -> None:
+        self.root = root
+        self.index = RefIndex(root)
+        self.cycle: str | None = None
+        self.calls = 0
+
+    def endless(self) -> str | None:
+        return None if self.finite(self.root, "", ()) else (self.cycle or "")
+
+    def finite(self, node: Any, pointer: str, refs: tuple[str, ...]) -> bool:
+        self.calls += 1
+        if not isinstance(node, dict) or len(refs) > _MAX_DEPTH or self.calls > 200_000:
+            return True
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            return self._ref(ref, pointer, refs)
+        if "const" in node or (isinstance(node.get("enum"), list) and node["enum"]):
+            return True
+        for key in ("anyOf", "oneOf"):
+            options = node.get(key)
+            if isinstance(options, list) and options and not any(
+                    self.finite(o, f"{pointer}/{key}/{i}", refs) for i, o in enumerate(options)):
+                return False
+        parts = node.get("allOf")
+        if isinstance(parts, list) and not all(
+                self.finite(o, f"{pointer}/allOf/{i}", refs) for i, o in enumerate(parts)):
+            return False
+        return self._typed(node, pointer, refs)
+
+    def _ref(self, ref: str, pointer: str, refs: tuple[str, ...]) -> bool:
+        target = self.index.resolve(ref, pointer)
+        if target is None or "#" in target:
+            return True
+        if target in refs:
+            self.cycle = self.cycle or f"{pointer}/$ref"
+            return False
+        try:
+            resolved = resolve_pointer(self.root, target)
+        except KeyError:
+            return True
+        return self.finite(resolved, target, (*refs, target))
+
+    def _typed(self, node: dict, pointer: str, refs: tuple[str, ...]) -> bool:
+        types = node.get("type")
+        if isinstance(types, str):
+            types = [types]
+        if not isinstance(types, list) or not types:
+            types = ["object"] if "properties" in node or "required" in node else (
+                ["array"] if "items" in node or "prefixItems" in node else [])
+        if not types:
+            return True
+        return any(self._of_type(kind, node, pointer, refs) for kind in types if isinstance(kind, str))
+
+    def _of_type(self, kind: str, node: dict, pointer: str, refs: tuple[str, ...]) -> bool:
+        if kind == "object":
+            found = node.get("properties")
+            properties: dict[str, Any] = found if isinstance(found, dict) else {}
+            required = [k for k in node.get("required", []) if isinstance(k, str)]
+            return all(self.finite(properties.get(key, True), f"{pointer}/properties/{key}", refs)
+                       for key in required)
+        if kind == "array":
+            count = node.get("minItems", 0) if isinstance(node.get("minItems"), int) else 0
+            items = node.get("prefixItems")
+            prefix: list[Any] = items if isinstance(items, list) else []
+            rest = node.get("items") if isinstance(node.get("items"), dict) else True
+            needed = [(p, f"{pointer}/prefixItems/{i}") for i, p in enumerate(prefix[:count])]
+            if count > len(prefix):
+                needed.append((rest, f"{pointer}/items"))
+            return all(self.finite(sub, where, refs) for sub, where in needed)
+        return True
+
+
 def shortest_string(node: dict) -> str:
     """The shortest string a string schema allows: its pattern's, its format's, or minLength letters."""
     pattern, fmt = node.get("pattern"), node.get("format")

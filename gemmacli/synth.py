@@ -323,9 +323,11 @@ def synthesize_into(folder: Path, *, name: str, size: str, seed: int = SEED, **e
 
 def synthesize(name: str, size: str, destination: Path, *, force: bool = False, **options: Any) -> Path:
     """`gemmacli model synth`: the whole model folder, written atomically."""
+    from gemmacli.export import require_export_tools
     from gemmacli.store import staging_folder
 
     model_config(size, TRAINED_VOCAB)  # reject an unknown size before any work
+    require_export_tools()  # exit 2 naming the pip command, not an ImportError from deep inside
     with staging_folder(destination, force=force) as staging:
         synthesize_into(staging, name=name, size=size, **options)
     return destination

@@ -226,8 +226,8 @@ def test_line_progress_prints_every_n_records_and_nothing_when_quiet() -> None:
         progress=progress,
     )
     lines = [line for line in stderr.getvalue().splitlines() if line.startswith("progress:")]
-    assert [line.split()[1] for line in lines] == ["2/5", "4/5"]
-    assert "docs/s" in lines[0] and "ETA" in lines[0] and "failed" in lines[0]
+    assert [line.split()[1] for line in lines] == ["loading", "2/5", "4/5"]
+    assert "docs/s" in lines[1] and "ETA" in lines[1] and "failed" in lines[1]
     env.verbosity = -1
     assert isinstance(batch.make_progress(env, every=2), batch.NoProgress)
 

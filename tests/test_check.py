@@ -39,7 +39,7 @@ from gemmacli.check import (
     evaluate,
     load_policy,
 )
-from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, SchemaError
+from gemmacli.errors import ExitStatus, ExtractionFailed, SchemaError
 from gemmacli.files import write_atomically
 from gemmacli.inputs import collect_sources
 from gemmacli.schema import check_schema, load_schema
@@ -176,7 +176,7 @@ def test_invalid_policy_names_the_bad_part(policy: Any, pointer: str):
 def test_policy_not_json_or_missing():
     with pytest.raises(SchemaError, match="not valid JSON"):
         load_policy('{"properties": ')
-    with pytest.raises(InputOutputError, match="policy not found"):
+    with pytest.raises(SchemaError, match="policy not found"):
         load_policy("no-such-policy")
 
 

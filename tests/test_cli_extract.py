@@ -177,15 +177,17 @@ def test_resume_skips_recorded_sources_and_repairs_a_torn_line(fake: list[str], 
     assert sources == [f"in/{i}.txt" for i in range(5)]
 
 
-def test_resume_warns_when_the_file_was_made_with_another_schema(fake: list[str], tmp_path: Path) -> None:
+def test_resume_refuses_a_file_made_with_another_schema(fake: list[str], tmp_path: Path) -> None:
     write(tmp_path / "in" / "a.txt", "a")
     write(tmp_path / "in" / "b.txt", "b")
     write(
         tmp_path / "out.jsonl",
         json.dumps({"source": "in/a.txt", "ok": True, "meta": {"schema_sha256": "0"}}) + "\n",
     )
+    before = (tmp_path / "out.jsonl").read_bytes()
     result = run(["extract", *SCHEMA, *fake, "in", "-o", "out.jsonl", "--resume"])
-    assert result.status == 0 and "different schema" in result.stderr
+    assert result.status == 2 and "another configuration: schema" in result.stderr
+    assert (tmp_path / "out.jsonl").read_bytes() == before  # refused before anything changed
 
 
 def test_resume_needs_an_output_file(fake: list[str]) -> None:
@@ -315,14 +317,14 @@ def test_a_lone_unknown_word_is_a_missing_bundled_schema_not_a_one_field_schema(
     assert "no bundled schema is named 'invoce'" in result.stderr and "'invoce str'" in result.stderr
 
 
-def test_help_shows_examples_first_and_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_shows_examples_right_after_usage_and_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["extract", "--help"]).status == 0
     text = capsys.readouterr().out
-    assert text.startswith("examples:")
-    assert text.index("examples:") < text.index("usage:")
+    assert text.startswith("usage:")
+    assert text.index("usage:") < text.index("examples:") < text.index("options:")
     assert "130" in text and "model missing or broken" in text
     assert run(["--help"]).status == 0
-    assert capsys.readouterr().out.startswith("examples:")
+    assert "\n\nexamples:\n" in capsys.readouterr().out
 
 
 def test_quiet_batch_prints_nothing_on_stderr(fake: list[str], tmp_path: Path) -> None:

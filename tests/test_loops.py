@@ -209,10 +209,10 @@ def test_an_array_that_gets_an_item_twice_is_closed() -> None:
     guard = RepeatGuard(tokenizer)
     ids = {p: i for i, p in enumerate(pieces)}
     for piece in [b'{"a":[', b'"', b"x", b'"', b",", b'"', b"y", b'"', b",", b'"', b"x,y", b'"', b","]:
-        guard.push(ids[piece])
+        guard.push(ids[piece], free=True)
         assert guard.loop() is None  # distinct items, even one that contains a comma
     for piece in [b'"', b"y", b'"']:
-        guard.push(ids[piece])
+        guard.push(ids[piece], free=True)
     loop = guard.loop()
     assert loop is not None and loop.structural and not loop.closing
     assert "'y'" in loop.describe(tokenizer)

@@ -7,18 +7,21 @@ policy (3) -> schema (3) -> inputs (5) -> model manifest (4) -> per file: cache,
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
 
-from gemmacli import __version__
+from gemmacli import __version__, batch
 from gemmacli.cache import ResultCache, default_cache_dir
 from gemmacli.check import (
     ERROR,
     PASS,
     CheckRunner,
     CheckSummary,
+    ExtractMany,
     FileOutcome,
     Policy,
     load_policy,
@@ -28,13 +31,15 @@ from gemmacli.cli.commands import (
     add_common_flags,
     add_decoding_options,
     add_model_options,
+    check_max_tokens,
     default_model,
     positive_int,
     read_examples,
     read_instructions,
 )
+from gemmacli.cli.core import silence_stdout
 from gemmacli.env import Environment
-from gemmacli.errors import ExitStatus, InputOutputError, UsageError
+from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, UsageError
 from gemmacli.files import write_atomically
 from gemmacli.reports import FORMATS, compact_value, format_for_path, render
 from gemmacli.schema import canonical_json
@@ -50,14 +55,22 @@ examples:
   gemmacli check --schema pii --policy no-pii docs/
   gemmacli check --schema schemas/pii.json --policy schemas/policies/no-pii.json 'docs/**/*.md'
   gemmacli check --schema pii --policy no-pii --format junit -o report.xml changed/*.txt
-  gemmacli check --schema pii --policy no-pii --format sarif -o gemmacli.sarif .
+  gemmacli check --schema pii --policy no-pii --format sarif -o gemmacli.sarif --jobs 2 .
 """
 
 EXIT_CODES = """\
 exit codes:
-  0  every file passed          1  a policy was violated (or a file could not be extracted)
-  3  schema or policy invalid    4  model missing or broken    5  input/output error
+  0    every file passed
+  1    a policy was violated, or a file could not be extracted or was empty (unless --allow-errors)
+  2    usage error
+  3    schema or policy invalid or unsupported (an unknown name too)
+  4    model missing or broken
+  5    input/output error (a file could not be read; the report could not be written or stdout closed)
+  130  interrupted (Ctrl-C); 143 after SIGTERM
 """
+
+# The seam tests use to run `check --jobs` workers with a fake model (a picklable factory, as for extract).
+EXTRACTOR_FACTORY: batch.ExtractorFactory = batch.build_extractor
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,6 +94,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--glob", metavar="PATTERN", help="only files matching PATTERN inside folders")
     parser.add_argument("--allow-errors", action="store_true",
                         help="a file that could not be extracted does not fail the check")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="judge empty files instead of counting them as errors (as `extract` does)")
+    parser.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                        help="worker processes for the files not in the cache, each loading the model once "
+                             "(0 = auto: capped by CPUs and by memory)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
     add_model_options(parser, default_model="the best installed Gemma 3 model")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
@@ -121,7 +139,11 @@ def model_fingerprint(model_ref: str, env: Environment) -> str:
 
 
 def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    """Policy, schema, inputs, model, then judge every file; the gate's status is decided before any
+    report is written, and writing it can only make that status worse (a closed stdout is not a pass)."""
     fmt = _report_format(args)
+    if args.jobs < 0:
+        raise UsageError("--jobs must be 0 (auto) or more")
     policy = load_policy(args.policy)
 
     from gemmacli.schema import check_schema, load_schema
@@ -131,16 +153,7 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
     for warning in schema_warnings:
         env.warn(warning)
 
-    from gemmacli.inputs import collect_sources
-
-    inputs = list(args.inputs)
-    if not inputs:
-        if env.stdin_isatty:
-            raise UsageError("no input: name files, folders or globs (or pipe text and pass -)",
-                             hint="gemmacli check --schema pii --policy no-pii docs/")
-        inputs = ["-"]
-    sources = collect_sources(inputs, glob=args.glob, stdin=env.stdin)
-
+    sources = _sources(args, env)
     model_ref = _model_ref(args, env)
     instructions = read_instructions(args.instructions)  # the text, so editing an @FILE re-runs the model
     examples = read_examples(args, loaded_schema, env)
@@ -154,41 +167,108 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
                     "examples": [[e.text, e.answer] for e in examples.pool], "shots": examples.shots,
                     "select": examples.select},
     }
+    if args.allow_empty:  # only when set, so the cache keys of every earlier run stay valid
+        fingerprint["options"]["allow_empty"] = True
+    from gemmacli.store import resolve_model
+
+    folder = resolve_model(model_ref, env.environ)
+    check_max_tokens(args.max_tokens, folder)
+    options = batch.ExtractOptions(schema=loaded_schema, model=model_ref, lenient=args.lenient,
+                                   max_tokens=args.max_tokens, repeat_guard=args.repeat_guard,
+                                   spans=args.spans, examples=examples, instructions=instructions,
+                                   threads=args.threads, allow_empty=True)
 
     def make_extractor() -> Any:
-        from gemmacli.api import Extractor
-
         env.verbose(f"loading model {model_ref}")
-        return Extractor(loaded_schema, model=model_ref, lenient=args.lenient, max_tokens=args.max_tokens,
-                         repeat_guard=args.repeat_guard, spans=args.spans, examples=examples,
-                         instructions=instructions,
-                         threads=args.threads,
-                         warn=lambda _message: None)  # the schema's warnings were printed above
+        return EXTRACTOR_FACTORY(options)  # the schema's warnings were printed above
 
     cache = None
     if not args.no_cache:
         cache = ResultCache(default_cache_dir(env.environ), warn=env.warn)
         env.verbose(f"cache: {cache.folder}")
+    jobs, why = batch.plan_jobs(args.jobs, len(sources), _size(folder))
+    if why is not None:
+        env.warn(why)
     runner = CheckRunner(policy=policy, extractor_factory=make_extractor, fingerprint=fingerprint,
                          cache=cache, encoding=args.encoding, decode_errors=args.errors,
-                         on_outcome=lambda outcome: _print_outcome(env, outcome, args.allow_errors))
+                         on_outcome=lambda outcome: _print_outcome(env, outcome, args.allow_errors),
+                         allow_empty=args.allow_empty,
+                         extract_many=_parallel(options, jobs, env) if jobs > 1 else None)
     if not sources:
         env.warn("no input files to check")
     outcomes = runner.run(sources)
     summary = CheckSummary(outcomes, allow_errors=args.allow_errors)
     _print_totals(env, policy, summary, cached=cache is not None)
+    status = summary.exit_status()  # the gate: decided here, before a byte of the report is written
+    if fmt is None:
+        return status
+    report = render(fmt, outcomes, policy, allow_errors=args.allow_errors, base_dir=Path.cwd())
+    delivered = _deliver(report, fmt, args, env)
+    return status if status != ExitStatus.OK else delivered  # a failed gate stays 1; a lost pass is 5
 
-    if fmt is not None:
-        report = render(fmt, outcomes, policy, allow_errors=args.allow_errors, base_dir=Path.cwd())
-        if args.output:
-            try:
-                write_atomically(Path(args.output), report, make_parents=True)
-            except OSError as exc:
-                raise InputOutputError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
-            env.verbose(f"wrote {fmt} report to {args.output}")
-        else:
-            env.write_data(report)
-    return summary.exit_status()
+
+def _sources(args: argparse.Namespace, env: Environment) -> list[Any]:
+    from gemmacli.inputs import collect_sources
+
+    inputs = list(args.inputs)
+    if not inputs:
+        if env.stdin_isatty:
+            raise UsageError("no input: name files, folders or globs (or pipe text and pass -)",
+                             hint="gemmacli check --schema pii --policy no-pii docs/")
+        inputs = ["-"]
+    return collect_sources(inputs, glob=args.glob, stdin=env.stdin)
+
+
+def _size(folder: Path) -> int:
+    from gemmacli.store import folder_size
+
+    try:
+        return folder_size(folder)
+    except OSError:
+        return 0
+
+
+def _parallel(options: batch.ExtractOptions, jobs: int, env: Environment) -> ExtractMany:
+    """`--jobs N`: the files the cache does not know go through N worker processes (gemmacli.batch)."""
+    threads = max(1, batch.cpu_count() // jobs)
+    worker_options = dataclasses.replace(options, threads=options.threads or threads)
+
+    def extract_many(texts: list[tuple[str, str]]) -> Iterator[tuple[Any, list[str]] | ExtractionFailed]:
+        from gemmacli.inputs import Source
+
+        sources = [Source(name=name, kind="jsonl", path=None, text=text) for name, text in texts]
+        env.verbose(f"extracting {len(sources)} file(s) with {jobs} workers")
+        ordered = batch.outcomes(sources, worker_options, EXTRACTOR_FACTORY, min(jobs, len(sources)))
+        try:
+            for _source, outcome in ordered:
+                record = outcome.record
+                if outcome.ok:
+                    yield record["data"], list(record.get("warnings", []))
+                else:
+                    yield ExtractionFailed(record["error"]["message"])
+        finally:
+            ordered.close()
+
+    return extract_many
+
+
+def _deliver(report: bytes, fmt: str, args: argparse.Namespace, env: Environment) -> ExitStatus:
+    """Write the report to -o FILE or stdout: OK, or IO (5) when it could not be written. A closed stdout
+    (`| head -c1`) is an I/O failure like any other: it can never turn a failed gate into a pass."""
+    if args.output:
+        try:
+            write_atomically(Path(args.output), report, make_parents=True)
+        except OSError as exc:
+            raise InputOutputError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
+        env.verbose(f"wrote {fmt} report to {args.output}")
+        return ExitStatus.OK
+    try:
+        env.write_data(report)
+    except OSError as exc:  # BrokenPipeError and friends
+        silence_stdout(env)
+        env.warn(f"the {fmt} report was not delivered: stdout closed ({exc.strerror or exc})")
+        return ExitStatus.IO
+    return ExitStatus.OK
 
 
 def _print_outcome(env: Environment, outcome: FileOutcome, allow_errors: bool) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from gemmacli.env import Environment
-from gemmacli.errors import InputOutputError
+from gemmacli.errors import InputOutputError, UsageError
 
 EXAMPLES = """\
 examples:
@@ -80,6 +81,46 @@ def read_instructions(value: str | None) -> str | None:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputOutputError(f"cannot read instructions file {path}: {exc.strerror or exc}") from exc
+
+
+def check_max_tokens(max_tokens: int | None, model_folder: Path) -> None:
+    """--max-tokens beyond the model's context is a usage error (2) now, not every input "too long" later.
+
+    Reads only the model's config (no weights); a folder without one is left for the model loader to judge.
+    """
+    if max_tokens is None:
+        return
+    from gemmacli.store import ModelConfig
+
+    try:
+        context = int(ModelConfig.from_folder(model_folder).context_length)
+    except Exception:  # no readable config: the loader reports that with exit 4
+        return
+    if max_tokens >= context:
+        raise UsageError(
+            f"--max-tokens {max_tokens} does not fit this model's context of {context} tokens "
+            "(the prompt needs room too)",
+            hint=f"use at most {context // 2}, or leave --max-tokens out to size it from the schema",
+        )
+
+
+class HashingReader:
+    """stdin, remembering the sha256 of what was read: --resume tells the same text from new text by it."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self._digest: hashlib._Hash | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        if self._digest is None:
+            self._digest = hashlib.sha256()
+        self._digest.update(data)
+        return data
+
+    def sha256(self) -> str | None:
+        """None when stdin was never read."""
+        return self._digest.hexdigest() if self._digest is not None else None
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:

@@ -14,11 +14,19 @@ from gemmacli.errors import ExitStatus
 
 SHELLS = ("bash", "zsh", "fish")
 #: Options whose value is a schema: complete bundled names as well as files.
-SCHEMA_OPTIONS = ("--schema", "-s", "--policy")
+SCHEMA_OPTIONS = ("--schema", "-s")
+#: Options whose value is a policy: bundled policy names as well as files.
+POLICY_OPTIONS = ("--policy", "-p")
 #: `gemmacli schema ACTION SCHEMA`: actions whose argument is a schema.
 SCHEMA_ACTIONS = ("show", "check")
-#: Options whose value is a folder or a name rather than a file.
-DIRECTORY_OPTIONS = ("--model", "-m")
+#: Options whose value is a model: the installed models (asked at <TAB> time) and folders.
+MODEL_OPTIONS = ("--model", "-m")
+#: `gemmacli model ACTION NAME`: actions whose argument is an installed model.
+MODEL_ACTIONS = ("rm", "info", "verify")
+#: Options whose value is a folder.
+DIRECTORY_OPTIONS = ("--out-dir",)
+#: The installed models, listed when <TAB> is pressed (they change after the script is printed).
+MODELS_COMMAND = "command gemmacli model list 2>/dev/null | cut -f1"
 
 
 @dataclass
@@ -36,6 +44,7 @@ class Command:
     help: str
     options: list[Option] = field(default_factory=list)
     children: list[Command] = field(default_factory=list)
+    positionals: list[str] = field(default_factory=list)  # the choices of positional arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +65,8 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
     from gemmacli.cli.core import build_parser
 
     tree = describe(build_parser())
-    script = {"bash": bash_script, "zsh": zsh_script, "fish": fish_script}[args.shell](tree, _schema_names())
+    script = {"bash": bash_script, "zsh": zsh_script, "fish": fish_script}[args.shell](
+        tree, _schema_names(), _policy_names())
     env.write_data(script.encode("utf-8"))
     return ExitStatus.OK
 
@@ -67,6 +77,15 @@ def _schema_names() -> list[str]:
 
         return sorted(bundled_schemas())
     except Exception:  # completion must print even if the schema layer is broken
+        return []
+
+
+def _policy_names() -> list[str]:
+    try:
+        from gemmacli.check import bundled_policies
+
+        return sorted(bundled_policies())
+    except Exception:  # as above
         return []
 
 
@@ -85,6 +104,8 @@ def describe(parser: argparse.ArgumentParser, name: str = "gemmacli", help_text:
     command = Command(name=name, help=help_text)
     for action in parser._actions:
         if not action.option_strings:
+            if action.choices and not isinstance(action, argparse._SubParsersAction):
+                command.positionals += [str(c) for c in action.choices]
             continue
         command.options.append(
             Option(
@@ -102,7 +123,8 @@ def describe(parser: argparse.ArgumentParser, name: str = "gemmacli", help_text:
 
 def _words(command: Command) -> str:
     return " ".join(
-        [child.name for child in command.children] + [f for o in command.options for f in o.flags]
+        [child.name for child in command.children] + command.positionals
+        + [f for o in command.options for f in o.flags]
     )
 
 
@@ -110,8 +132,9 @@ def _all(tree: Command) -> list[Command]:
     return [tree, *(c for child in tree.children for c in _all(child))]
 
 
-def bash_script(tree: Command, schema_names: list[str]) -> str:
-    """A bash completion function: subcommands, their flags, flag values (choices, schemas, files)."""
+def bash_script(tree: Command, schema_names: list[str], policy_names: list[str] | None = None) -> str:
+    """A bash completion function: subcommands, their flags, flag values (choices, schemas, policies,
+    installed models, folders, files)."""
     cases = []
     for command in tree.children:
         cases.append(f'        {command.name}) opts="{_words(command)}";;')
@@ -119,6 +142,8 @@ def bash_script(tree: Command, schema_names: list[str]) -> str:
             words = _words(child)
             if command.name == "schema" and child.name in SCHEMA_ACTIONS:
                 words = f"{' '.join(schema_names)} {words}"
+            if command.name == "model" and child.name in MODEL_ACTIONS:
+                words = f"$({MODELS_COMMAND}) {words}"
             cases.append(f'        "{command.name} {child.name}") opts="{words}";;')
     value_cases = []
     seen: set[str] = set()
@@ -134,6 +159,13 @@ def bash_script(tree: Command, schema_names: list[str]) -> str:
                 action = (
                     f'COMPREPLY=($(compgen -W "{" ".join(schema_names)}" -- "$cur") $(compgen -f -- "$cur"))'
                 )
+            elif any(flag in POLICY_OPTIONS for flag in option.flags):
+                action = (
+                    f'COMPREPLY=($(compgen -W "{" ".join(policy_names or [])}" -- "$cur") '
+                    '$(compgen -f -- "$cur"))'
+                )
+            elif any(flag in MODEL_OPTIONS for flag in option.flags):
+                action = f'COMPREPLY=($(compgen -W "$({MODELS_COMMAND})" -- "$cur") $(compgen -d -- "$cur"))'
             elif any(flag in DIRECTORY_OPTIONS for flag in option.flags):
                 action = 'COMPREPLY=($(compgen -d -- "$cur"))'
             elif "FILE" in option.metavar:
@@ -143,6 +175,7 @@ def bash_script(tree: Command, schema_names: list[str]) -> str:
             value_cases.append(f"        {pattern}) {action}; return;;")
     value_flags = sorted({f for c in _all(tree) for o in c.options if o.takes_value for f in o.flags})
     nested = " ".join(command.name for command in tree.children if command.children)
+    choices_only = " ".join(command.name for command in tree.children if command.positionals)
     case_block = "\n".join(cases)
     value_block = "\n".join(value_cases)
     return f"""# bash completion for gemmacli (generated by `gemmacli completion bash`)
@@ -173,6 +206,8 @@ _gemmacli() {{
         COMPREPLY=($(compgen -W "$opts" -- "$cur"))
     elif [[ -z "$action" && " {nested} " == *" $command "* ]]; then
         COMPREPLY=($(compgen -W "$words" -- "$cur"))  # an action comes first
+    elif [[ " {choices_only} " == *" $command "* ]]; then
+        COMPREPLY=($(compgen -W "$words" -- "$cur"))  # one of its choices, not a file
     else
         COMPREPLY=($(compgen -W "$words" -- "$cur") $(compgen -f -- "$cur"))
     fi
@@ -181,12 +216,12 @@ complete -o filenames -o bashdefault -F _gemmacli gemmacli
 """
 
 
-def zsh_script(tree: Command, schema_names: list[str]) -> str:
+def zsh_script(tree: Command, schema_names: list[str], policy_names: list[str] | None = None) -> str:
     """zsh runs the bash function through bashcompinit: one script to keep right instead of two."""
     return (
         "#compdef gemmacli\n# zsh completion for gemmacli (generated by `gemmacli completion zsh`)\n"
         "autoload -U +X compinit && compinit\nautoload -U +X bashcompinit && bashcompinit\n"
-        + bash_script(tree, schema_names).split("\n", 1)[1]
+        + bash_script(tree, schema_names, policy_names).split("\n", 1)[1]
     )
 
 
@@ -194,7 +229,7 @@ def _fish_quote(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def fish_script(tree: Command, schema_names: list[str]) -> str:
+def fish_script(tree: Command, schema_names: list[str], policy_names: list[str] | None = None) -> str:
     """fish `complete` lines: subcommands with descriptions, flags per subcommand, flag values."""
     lines = [
         "# fish completion for gemmacli (generated by `gemmacli completion fish`)",
@@ -216,16 +251,21 @@ def fish_script(tree: Command, schema_names: list[str]) -> str:
                     f"-a {grand.name} -d {_fish_quote(grand.help)}"
                 )
             for grand in child.children:
-                lines += _fish_options(
-                    grand, f"{condition}; and __fish_seen_subcommand_from {grand.name}", schema_names
-                )
+                grand_condition = f"{condition}; and __fish_seen_subcommand_from {grand.name}"
+                if child.name == "model" and grand.name in MODEL_ACTIONS:
+                    lines.append(f"complete -c gemmacli -n '{grand_condition}' -x -a '({MODELS_COMMAND})'")
+                lines += _fish_options(grand, grand_condition, schema_names, policy_names or [])
+        elif child.positionals:
+            choices = _fish_quote(" ".join(child.positionals))
+            lines.append(f"complete -c gemmacli -n '{condition}' -x -a {choices}")
         else:
             lines.append(f"complete -c gemmacli -n '{condition}' -F")
-        lines += _fish_options(child, condition, schema_names)
+        lines += _fish_options(child, condition, schema_names, policy_names or [])
     return "\n".join(lines) + "\n"
 
 
-def _fish_options(command: Command, condition: str, schema_names: list[str]) -> list[str]:
+def _fish_options(command: Command, condition: str, schema_names: list[str],
+                  policy_names: list[str]) -> list[str]:
     lines = []
     for option in command.options:
         parts = [f"complete -c gemmacli -n '{condition}'"]
@@ -236,6 +276,12 @@ def _fish_options(command: Command, condition: str, schema_names: list[str]) -> 
                 parts.append(f"-x -a {_fish_quote(' '.join(option.choices))}")
             elif any(flag in SCHEMA_OPTIONS for flag in option.flags):
                 parts.append(f"-r -F -a {_fish_quote(' '.join(schema_names))}")
+            elif any(flag in POLICY_OPTIONS for flag in option.flags):
+                parts.append(f"-r -F -a {_fish_quote(' '.join(policy_names))}")
+            elif any(flag in MODEL_OPTIONS for flag in option.flags):
+                parts.append(f"-x -a '({MODELS_COMMAND}; __fish_complete_directories)'")
+            elif any(flag in DIRECTORY_OPTIONS for flag in option.flags):
+                parts.append("-x -a '(__fish_complete_directories)'")
             else:
                 parts.append("-r -F")
         parts.append(f"-d {_fish_quote(option.help.split('(')[0].strip())}")

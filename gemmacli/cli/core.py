@@ -30,15 +30,20 @@ exit codes:
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so usage errors flow through raw_main like any other.
 
-    A parser with an `examples` attribute prints it before everything else in --help: people look for
-    a command line to copy first, the option reference second.
+    A parser with an `examples` attribute prints them right after the usage line, in every command's
+    --help alike: people look for a command line to copy first, the option reference second.
     """
 
     examples: str | None = None
 
     def format_help(self) -> str:
         help_text = super().format_help()
-        return f"{self.examples}\n{help_text}" if self.examples else help_text
+        if not self.examples:
+            return help_text
+        usage = self.format_usage()
+        if help_text.startswith(usage):
+            return f"{usage}\n{self.examples}{help_text[len(usage):]}"
+        return f"{self.examples}\n{help_text}"
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise _ArgparseUsage(self.format_usage(), message)
@@ -64,7 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gemmacli {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.register_all(sub)
+    _describe_every_command(parser)
     return parser
+
+
+def _describe_every_command(parser: argparse.ArgumentParser) -> None:
+    """A command registered with only a one-line `help` gets it as its --help description too, so no
+    command's --help starts with a bare usage line."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, child in action.choices.items():
+                if not child.description and helps.get(name):
+                    text = str(helps[name])
+                    child.description = text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+                _describe_every_command(child)
 
 
 def raw_main(argv: Sequence[str] | None, env: Environment) -> ExitStatus:
@@ -99,11 +118,11 @@ def raw_main(argv: Sequence[str] | None, env: Environment) -> ExitStatus:
         env.console.print("[yellow]interrupted[/yellow]")
         return ExitStatus.INTERRUPTED
     except BrokenPipeError:
-        _silence_stdout(env)
+        silence_stdout(env)
         return ExitStatus.OK
     except OSError as exc:
         if exc.errno == errno.EPIPE:
-            _silence_stdout(env)
+            silence_stdout(env)
             return ExitStatus.OK
         if env.debug:
             env.console.print_exception()
@@ -123,7 +142,7 @@ def _report(env: Environment, exc: GemmacliError) -> None:
         env.console.print(f"[dim]hint:[/dim] {escape(exc.hint)}", highlight=False)
 
 
-def _silence_stdout(env: Environment) -> None:
+def silence_stdout(env: Environment) -> None:
     """After a closed pipe (`| head -1`), point stdout at devnull: the final flush stays quiet.
 
     Only when the command wrote to the process's real stdout: a test's swapped stream must not cost the
@@ -141,8 +160,26 @@ def _silence_stdout(env: Environment) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """The executable: this process is gemmacli's alone, so its models may share one thread pool."""
     os.environ.setdefault("GEMMACLI_PROCESS_THREAD_POOL", "1")  # gemmacli.runtime.PROCESS_POOL_ENV
+    _occupy_closed_std_fds()
     signal.signal(signal.SIGTERM, _terminate)
     sys.exit(int(raw_main(argv, Environment())))
+
+
+def _occupy_closed_std_fds() -> None:
+    """Put /dev/null on fd 0, 1 or 2 when the shell closed it (`<&-`, `>&-`, `2>&-`).
+
+    Python has already set sys.stdin/stdout/stderr to None (gemmacli.env.ClosedStream reports that); the fd
+    must not stay free either, or the next file opened (an `-o` file, a model) would get fd 1 and whatever a
+    native library prints to stdout would land in it.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)
+            if opened != fd:  # a lower fd was free too and is being filled in this same loop
+                os.dup2(opened, fd)
+                os.close(opened)
 
 
 def _terminate(_signum: int, _frame: object) -> None:

@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import os
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gemmacli import batch
 from gemmacli.cli.commands import (
+    HashingReader,
     add_common_flags,
     add_decoding_options,
     add_model_options,
+    check_max_tokens,
     default_model,
     read_examples,
     read_instructions,
 )
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, UsageError
-from gemmacli.files import write_atomically
-from gemmacli.inputs import Source, collect_sources
+from gemmacli.files import is_regular_or_new, write_atomically
+from gemmacli.inputs import Readable, Source, collect_sources
+from gemmacli.outfile import OutputLock, differences
+from gemmacli.schema import schema_sha256
 
 DEFAULT_MODEL_HELP = "the best installed Gemma 3 model"
 
@@ -105,7 +111,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     output.add_argument(
         "--resume",
         action="store_true",
-        help="with -o: skip sources already recorded in FILE, append the rest",
+        help="with -o: skip sources already recorded in FILE, append the rest (same schema, model and "
+        "options only)",
+    )
+    output.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume: extract the sources of failed records again (they are dropped from FILE)",
     )
     shape = output.add_mutually_exclusive_group()
     shape.add_argument("--compact", action="store_true", help="one-line JSON even on a terminal")
@@ -143,7 +155,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="worker processes, each loading the model once (0 = one per CPU)",
+        help="worker processes, each loading the model once (0 = auto: capped by CPUs and by memory)",
     )
     batch_group.add_argument("--fail-fast", action="store_true", help="stop at the first failed record")
     batch_group.add_argument(
@@ -161,7 +173,8 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Validate the command line, load and check the schema, gather sources, then extract."""
     _validate(args)
     options_schema = _load_schema(args, env)
-    sources = _gather_sources(args, env)
+    stdin = HashingReader(env.stdin)
+    sources = _gather_sources(args, env, stdin)
     output = Path(args.output) if args.output else None
     if output is not None:
         sources = _without_output_file(sources, output)
@@ -179,8 +192,8 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
         raise ExtractionFailed("no input found", hint="check the paths and --glob, or pass --allow-empty")
 
     model = _check_model(args.model or default_model(env), env)
-    jobs = args.jobs if args.jobs > 0 else (os.cpu_count() or 1)
-    jobs = min(jobs, max(len(sources), 1))
+    check_max_tokens(args.max_tokens, Path(model))
+    jobs = _plan_jobs(args.jobs, len(sources), Path(model), env)
     options = batch.ExtractOptions(
         schema=options_schema,
         model=model,
@@ -194,7 +207,7 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
         seed=args.seed,
         instructions=read_instructions(args.instructions),
         truncate=args.truncate,
-        threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None,
+        threads=max(1, batch.cpu_count() // jobs) if jobs > 1 else None,
         encoding=args.encoding,
         errors=args.errors,
         allow_empty=args.allow_empty,
@@ -205,18 +218,35 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
         return _extract_single(sources[0], options, output, args, env)
     if args.pretty:
         env.warn("--pretty applies to a single result; JSON Lines keep one record per line")
-    return _extract_batch(sources, options, output, jobs, args, env)
+    run = _BatchRun(sources, options, output, jobs, stdin.sha256())
+    return _extract_batch(run, args, env)
+
+
+def _plan_jobs(requested: int, count: int, model: Path, env: Environment) -> int:
+    """Workers for this batch (gemmacli.batch.plan_jobs); a lowered --jobs is said on stderr."""
+    from gemmacli.store import folder_size
+
+    try:
+        model_bytes = folder_size(model)
+    except OSError:
+        model_bytes = 0
+    jobs, why = batch.plan_jobs(requested, count, model_bytes)
+    if why is not None:
+        env.warn(why)
+    return jobs
 
 
 def _validate(args: argparse.Namespace) -> None:
     if args.resume and not args.output:
         raise UsageError("--resume needs -o FILE: the records already in FILE say what to skip")
+    if args.retry_failed and not args.resume:
+        raise UsageError("--retry-failed goes with --resume -o FILE")
     if args.jobs < 0:
-        raise UsageError("--jobs must be 0 (one per CPU) or more")
-    if args.temperature < 0:
-        raise UsageError("--temperature must be 0 or more")
-    if not 0 < args.top_p <= 1:
-        raise UsageError("--top-p must be in (0, 1]")
+        raise UsageError("--jobs must be 0 (auto) or more")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise UsageError(f"--temperature must be a finite number, 0 or more, not {args.temperature}")
+    if not math.isfinite(args.top_p) or not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], not {args.top_p}")
     if args.progress_every < 0:
         raise UsageError("--progress-every must be 0 (never) or more")
 
@@ -245,7 +275,7 @@ def _load_schema(args: argparse.Namespace, env: Environment) -> Any:
     return loaded
 
 
-def _gather_sources(args: argparse.Namespace, env: Environment) -> list[Source]:
+def _gather_sources(args: argparse.Namespace, env: Environment, stdin: Readable) -> list[Source]:
     inputs = list(args.inputs)
     if not inputs and not args.input_jsonl:
         if env.stdin_isatty:
@@ -257,10 +287,10 @@ def _gather_sources(args: argparse.Namespace, env: Environment) -> list[Source]:
         inputs = ["-"]
     if inputs.count("-") + args.input_jsonl.count("-") > 1:
         raise UsageError("stdin (-) can be read only once")
-    sources = collect_sources(inputs, glob=args.glob, stdin=env.stdin) if inputs else []
+    sources = collect_sources(inputs, glob=args.glob, stdin=stdin) if inputs else []
     if args.input_jsonl:
         sources += collect_sources(
-            args.input_jsonl, stdin=env.stdin, jsonl=True, text_field=args.text_field, id_field=args.id_field
+            args.input_jsonl, stdin=stdin, jsonl=True, text_field=args.text_field, id_field=args.id_field
         )
     return sources
 
@@ -327,58 +357,163 @@ def _extract_single(
         env.write_data(data)
     else:
         try:
-            write_atomically(output, data)
+            write_atomically(output, data)  # a device or FIFO is written through, a symlink's target replaced
         except OSError as exc:
             raise InputOutputError(f"cannot write {output}: {exc.strerror or exc}") from exc
         env.verbose(f"wrote {output}")
     return ExitStatus.OK
 
 
-def _extract_batch(
-    sources: list[Source],
-    options: batch.ExtractOptions,
-    output: Path | None,
-    jobs: int,
+@dataclass
+class _BatchRun:
+    """What one batch works on: the sources, how to extract them, where the records go."""
+
+    sources: list[Source]
+    options: batch.ExtractOptions
+    output: Path | None
+    jobs: int
+    stdin_sha256: str | None
+
+
+def _extract_batch(run: _BatchRun, args: argparse.Namespace, env: Environment) -> ExitStatus:
+    """Records to stdout, or to -o FILE under its lock (resuming it with --resume); the exit status covers
+    every record in FILE, including those an earlier run wrote."""
+    if run.output is None:
+        return _run_records(run, batch.StdoutSink(env), args, env, earlier=None)
+    regular = is_regular_or_new(run.output)
+    if args.resume and not regular:  # never read a FIFO or a device to find records in it
+        raise UsageError(f"--resume needs a regular file, and {run.output} is not one (a device or a FIFO)")
+    lock = OutputLock(run.output) if regular else None
+    try:
+        earlier = _open_checkpoint(run, lock, args, env)
+        sink = batch.JsonlFileSink(run.output, resume=args.resume, retry_failed=args.retry_failed)
+        if lock is not None:
+            lock.record(_fingerprint(run.options, args), stdin_sha256=run.stdin_sha256)
+        if args.resume:
+            run.sources = _skip_done(run, sink.found, earlier, env)
+        return _run_records(run, sink, args, env, earlier=sink.found)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _open_checkpoint(
+    run: _BatchRun, lock: OutputLock | None, args: argparse.Namespace, env: Environment
+) -> dict[str, Any] | None:
+    """With --resume, refuse (exit 2) a FILE written with another schema, model or options."""
+    previous = lock.previous if lock is not None else None
+    if not args.resume or run.output is None or not run.output.exists():
+        return previous
+    now = _fingerprint(run.options, args)
+    before = previous.get("fingerprint") if previous else None
+    if isinstance(before, dict):
+        changed = differences(before, now)
+    else:  # a file from before sidecars: only --with-meta records say which schema made them
+        hashes = batch.scan_records(run.output).schema_hashes
+        there = ", ".join(sorted(h[:12] + "…" for h in hashes))
+        changed = [f"schema ({there} there, {now['schema'][:12]}… now)"] if hashes - {now["schema"]} else []
+    if changed:
+        raise UsageError(
+            f"cannot resume {run.output}: it was written with another configuration: {'; '.join(changed)}",
+            hint="resume with the same settings, write to a new file, or drop --resume to start FILE afresh",
+        )
+    return previous
+
+
+def _skip_done(
+    run: _BatchRun, found: batch.RecordedFile, previous: dict[str, Any] | None, env: Environment
+) -> list[Source]:
+    """The sources still to do: files matched by resolved path, stdin only when it holds the same text."""
+    before = len(run.sources)
+    base = Path(previous["cwd"]) if previous and isinstance(previous.get("cwd"), str) else None
+    same_stdin = bool(previous) and previous.get("stdin_sha256") == run.stdin_sha256  # type: ignore[union-attr]
+    if not same_stdin and any(s.from_stdin for s in run.sources) and found.sources:
+        env.warn("stdin is not the text the recorded run read (or that is unknown): extracting it again")
+    todo = batch.skip_recorded(run.sources, found.sources, base=base, skip_stdin=same_stdin)
+    where = _escape(str(run.output))
+    env.info(f"resuming {where}: {before - len(todo)} of {before} already recorded, {len(todo)} to go")
+    return todo
+
+
+def _fingerprint(options: batch.ExtractOptions, args: argparse.Namespace) -> dict[str, Any]:
+    """Everything besides the text that decides a record: a resumed FILE must not mix two of these."""
+    schema = getattr(options.schema, "sha256", None) or schema_sha256(options.schema)
+    instructions = options.instructions
+    return {
+        "schema": schema,
+        "model": _model_identity(Path(options.model)),
+        "max-tokens": options.max_tokens,
+        "lenient": options.lenient,
+        "repeat-guard": options.repeat_guard,
+        "temperature": options.temperature,
+        "top-p": options.top_p,
+        "seed": options.seed,
+        "instructions": None if instructions is None else hashlib.sha256(instructions.encode()).hexdigest(),
+        "truncate": options.truncate,
+        "encoding": options.encoding,
+        "errors": options.errors,
+        "allow-empty": options.allow_empty,
+        "with-meta": options.with_meta,
+        "text-field": args.text_field if args.input_jsonl else None,
+        "id-field": args.id_field if args.input_jsonl else None,
+    }
+
+
+def _model_identity(folder: Path) -> str:
+    """The model's folder and the sha256 of its manifest (which holds every file's sha256)."""
+    from gemmacli.store import MANIFEST
+
+    try:
+        digest = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return str(folder)
+    return f"{folder} ({digest})"
+
+
+def _run_records(
+    run: _BatchRun,
+    sink: batch.RecordSink,
     args: argparse.Namespace,
     env: Environment,
+    *,
+    earlier: batch.RecordedFile | None,
 ) -> ExitStatus:
-    sink: batch.StdoutSink | batch.JsonlFileSink
-    if output is not None:
-        sink = batch.JsonlFileSink(output, resume=args.resume)
-        schema_sha256 = getattr(options.schema, "sha256", None)
-        if args.resume and schema_sha256 and sink.schema_hashes - {schema_sha256}:
-            env.warn(f"{output} holds records made with a different schema; the new ones will not match them")
-        if args.resume and sink.recorded:
-            before = len(sources)
-            sources = batch.skip_recorded(sources, sink.recorded)
-            env.info(
-                f"resuming {_escape(str(output))}: {before - len(sources)} of {before} already recorded, "
-                f"{len(sources)} to go"
-            )
-    else:
-        sink = batch.StdoutSink(env)
-    records_on_terminal = output is None and bool(env.stdout_isatty)
+    records_on_terminal = run.output is None and bool(env.stdout_isatty)
     progress = batch.make_progress(env, every=args.progress_every, records_on_terminal=records_on_terminal)
     written = _Counting(sink)
     try:
         summary = batch.run_batch(
-            sources,
-            options,
+            run.sources,
+            run.options,
             written,
-            jobs=jobs,
+            jobs=run.jobs,
             factory=EXTRACTOR_FACTORY,
             progress=progress,
             fail_fast=args.fail_fast,
         )
     except KeyboardInterrupt:
-        if output is not None:
-            where = _escape(str(output))
+        if run.output is not None:
+            where = _escape(str(run.output))
             env.info(f"{written.count} record(s) written to {where}; rerun with --resume to continue")
         raise
     finally:
         sink.close()
-    _report(summary, output, env)
-    return summary.status
+    _report(summary, run.output, env)
+    return _with_earlier(summary.status, earlier, run.output, env)
+
+
+def _with_earlier(
+    status: ExitStatus, earlier: batch.RecordedFile | None, output: Path | None, env: Environment
+) -> ExitStatus:
+    """A resumed FILE still holding failed records is not a success: say so and keep the worse status."""
+    if earlier is None or not earlier.failed():
+        return status
+    count = len(earlier.failed())
+    env.info(
+        f"[red]{count} earlier record(s) in {_escape(str(output))} failed[/red]; "
+        "rerun with --resume --retry-failed to extract them again"
+    )
+    return max(status, earlier.status())
 
 
 class _Counting:
