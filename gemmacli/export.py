@@ -383,6 +383,15 @@ def save_graph(model: Any, path: Path, size_threshold: int = 1024) -> None:
                     location=f"{path.name}.data", size_threshold=size_threshold)
 
 
+def _longest_piece(tokenizer_json: Path) -> int:
+    """ModelConfig.max_token_chars of a tokenizer.json (0 when it has no plain vocabulary to read)."""
+    try:
+        vocab = json.loads(tokenizer_json.read_text(encoding="utf-8"))["model"]["vocab"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return store.longest_piece(vocab if isinstance(vocab, dict) else [])
+
+
 def kind_of_source(source: str, source_info: dict[str, Any] | None = None) -> str:
     """"random" for synthesized weights; "instruct" when the checkpoint's name says so (-it, instruct, chat);
     else "base" (Gemma's pretrained checkpoints carry a chat template too, so that is no sign)."""
@@ -418,6 +427,7 @@ def model_config_for(hf_config: dict[str, Any], exported: Path, kind: str = "bas
         chat_template=template,
         model_type=str(hf_config.get("model_type")),
         kind=kind,
+        max_token_chars=_longest_piece(exported / "tokenizer.json"),
     )
 
 

@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,9 @@ class ModelConfig:
     #: "base" (pretrained: reads a plain document-style prompt), "instruct" (reads its chat template), or
     #: "random" (synthesized test weights); from the model's source at import, export, pull or synth
     kind: str = "base"
+    #: the most characters one token covers (added tokens aside): an input longer than context_length times
+    #: this cannot fit, whatever it says, so it is refused before the model loads; 0: unknown
+    max_token_chars: int = 0
 
     @classmethod
     def from_folder(cls, folder: Path) -> ModelConfig:
@@ -98,6 +101,11 @@ class ModelConfig:
 
     def write(self, folder: Path) -> None:
         (folder / CONFIG).write_text(json.dumps(asdict(self), indent=1) + "\n", encoding="utf-8")
+
+
+def longest_piece(pieces: Iterable[str]) -> int:
+    """ModelConfig.max_token_chars from a vocabulary's pieces (SentencePiece's ▁ is one character)."""
+    return max((len(p) for p in pieces), default=0)
 
 
 # ---------------------------------------------------------------------------------------------- paths

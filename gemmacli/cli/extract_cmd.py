@@ -335,6 +335,25 @@ def dumps(value: Any, *, pretty: bool) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
+def _refuse_what_cannot_fit(text: str, model_folder: Path) -> None:
+    """An input longer than the context times the longest token cannot fit, whatever it says: refuse it
+    from its length, before the model loads (a 50 MB file: refused at once, not after loading and
+    tokenizing). Folders whose gemmacli.json does not record the longest token are left to the prompt."""
+    from gemmacli.store import ModelConfig
+
+    try:
+        config = ModelConfig.from_folder(model_folder)
+    except Exception:  # the loader reports a broken folder with exit 4
+        return
+    most = config.context_length * config.max_token_chars
+    if config.max_token_chars and len(text) > most:
+        raise ExtractionFailed(
+            f"the input is too long: {len(text):,} characters, and this model's "
+            f"{config.context_length}-token context holds at most {most:,} (no token is longer than "
+            f"{config.max_token_chars} characters)",
+            hint="pass --truncate to cut the text to fit")
+
+
 def _extract_single(
     source: Source,
     options: batch.ExtractOptions,
@@ -344,6 +363,8 @@ def _extract_single(
 ) -> ExitStatus:
     """One input -> one JSON object; every failure is raised so raw_main reports it with its exit code."""
     text = batch.read_source(source, options)
+    if not options.truncate:
+        _refuse_what_cannot_fit(text, Path(options.model))
     extractor = EXTRACTOR_FACTORY(options)
     result = extractor.extract(text)
     for note in getattr(result, "repeats", ()):

@@ -135,6 +135,7 @@ def _model_config(model: GGUFModel, config: dict[str, Any], tokenizer: dict[str,
         chat_template=str(model.field("tokenizer.chat_template") or store.GEMMA3_CHAT_TEMPLATE),
         model_type=str(config["model_type"]),
         kind=kind,
+        max_token_chars=store.longest_piece(ids),
     )
 
 
