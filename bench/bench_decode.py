@@ -3,7 +3,8 @@
 One run prints, per context length (64 and 2048 tokens by default), the decode ms/token and the prefill
 seconds of:
   ours      the gemmacli model folder as `gemmacli model export/synth` writes it (optimum -> split ->
-            gemmacli.fuse.fuse_attention -> INT4 MatMulNBits), run by gemmacli.runtime.Model as the
+            gemmacli.models.fuse.fuse_attention -> INT4 MatMulNBits), run by
+            gemmacli.engine.runtime.Model as the
             gemmacli executable runs it (GEMMACLI_PROCESS_THREAD_POOL=1: one process-wide thread pool):
             forward(cache, [token]) + logits(hidden) (the full 262144-way lm_head) per token;
   ours-nopool  the same with GEMMACLI_PROCESS_THREAD_POOL=0 (a library caller's default: a thread pool
@@ -15,7 +16,7 @@ seconds of:
   ours-spin the runtime with onnxruntime's idle-thread spinning on (the runtime turns it off);
   ours-pool, ours-io-pool  ours / ours-io with one process-wide thread pool shared by the decoder and
             lm_head sessions (proposed runtime change, see bench/README.md);
-  patched   like ours, with gemmacli.runtime.Model taken from --runtime FILE (a candidate runtime.py);
+  patched   like ours, with gemmacli.engine.runtime.Model taken from --runtime FILE (a candidate runtime.py);
   candidate like ours, on the model folder --candidate DIR (an export variant, A/B in one run);
   builder   the builder's INT4 graph of the same HF checkpoint, run by onnxruntime-genai (its own loop:
             shared KV buffer, 512-slot windowed cache on sliding layers, logits of the last position);
@@ -99,7 +100,7 @@ def _lm_head_int8_compute(model: Any) -> None:
     import onnx
     import onnxruntime as ort
 
-    from gemmacli.runtime import LM_HEAD_FILE
+    from gemmacli.engine.runtime import LM_HEAD_FILE
 
     proto = onnx.load(str(model.folder / LM_HEAD_FILE))
     for node in proto.graph.node:
@@ -108,7 +109,7 @@ def _lm_head_int8_compute(model: Any) -> None:
                 if attr.name == "accuracy_level":
                     node.attribute.remove(attr)
             node.attribute.append(onnx.helper.make_attribute("accuracy_level", 4))
-    import gemmacli.runtime as rt
+    import gemmacli.engine.runtime as rt
 
     options = ort.SessionOptions()
     if rt._use_global_pool(model.threads):  # a process with global pools refuses per-session ones
@@ -129,7 +130,7 @@ def _global_thread_pool(threads: int) -> None:
     import onnxruntime as ort
     from onnxruntime.capi import onnxruntime_pybind11_state as C
 
-    import gemmacli.runtime as rt
+    import gemmacli.engine.runtime as rt
 
     C.set_global_thread_pool_sizes(threads, 1)
     make_session = rt._session
@@ -153,13 +154,13 @@ def _global_thread_pool(threads: int) -> None:
 
 def worker_ours(model_dir: str, contexts: list[int], steps: int, threads: int, logits: bool,
                 lm_head_int8: bool = False, spin: bool | None = None, pool: bool = False) -> dict:
-    """gemmacli.runtime.Model exactly as the CLI uses it: forward() then the full lm_head per token.
+    """gemmacli.engine.runtime.Model exactly as the CLI uses it: forward() then the full lm_head per token.
 
     `spin` overrides the runtime's idle-thread spinning default (onnxruntime-genai leaves onnxruntime's
     default, spinning on).
     """
 
-    from gemmacli.runtime import Model
+    from gemmacli.engine.runtime import Model
 
     if os.environ.get("GEMMACLI_BENCH_RUNTIME"):  # kind `patched`: a candidate runtime.py to compare
         import importlib.util
@@ -199,7 +200,7 @@ def worker_iobinding(model_dir: str, contexts: list[int], steps: int, threads: i
     import numpy as np
     import onnxruntime as ort
 
-    from gemmacli.runtime import Model
+    from gemmacli.engine.runtime import Model
 
     if pool:
         _global_thread_pool(threads)
@@ -313,10 +314,10 @@ def _run(cmd: list[str], log: Path | None = None) -> None:
 
 
 def default_model() -> str:
-    """The real Gemma 3 model when one is installed (gemmacli.store.default_model), else `bench`, the
+    """The real Gemma 3 model when one is installed (gemmacli.models.store.default_model), else `bench`, the
     random-weight model of the real shape (synthesized on first use)."""
-    from gemmacli import store
     from gemmacli.errors import ModelError
+    from gemmacli.models import store
 
     try:
         return store.default_model()
@@ -326,8 +327,8 @@ def default_model() -> str:
 
 def ensure_model(ref: str) -> Path:
     """Our model folder: resolve `ref`, or synthesize it (`gemmacli model synth NAME --size 270m`)."""
-    from gemmacli import store
     from gemmacli.errors import ModelError
+    from gemmacli.models import store
 
     try:
         return store.resolve_model(ref)
@@ -340,7 +341,7 @@ def ensure_model(ref: str) -> Path:
 
 def describe_model(model_dir: Path) -> str:
     """Which model a benchmark ran: name, kind (base / instruct / random) and source, for its output."""
-    from gemmacli import store
+    from gemmacli.models import store
 
     manifest = store.read_manifest(model_dir)
     source = manifest.get("source", {})
@@ -354,7 +355,7 @@ def source_checkpoint(model_dir: Path) -> Path:
     ckpt = model_dir / "source-checkpoint"
     if (ckpt / "config.json").is_file():
         return ckpt
-    from gemmacli import store
+    from gemmacli.models import store
 
     source = store.read_manifest(model_dir).get("source", {})
     if source.get("kind") not in ("pypi", "gguf"):
@@ -417,7 +418,7 @@ def ensure_unfused(model_dir: Path, checkpoint: Path, out: Path) -> Path:
     """Same export with fuse_attention replaced by the identity (the optimum attention, INT4)."""
     if _fresh(out, "model.onnx", checkpoint):
         return out
-    code = ("import sys, gemmacli.fuse as f; f.fuse_attention = lambda m, c, **k: m; "
+    code = ("import sys, gemmacli.models.fuse as f; f.fuse_attention = lambda m, c, **k: m; "
             "from gemmacli import export as e; from pathlib import Path; "
             "e.export_model(sys.argv[1], Path(sys.argv[2]), force=True, name='bench-unfused')")
     _run([sys.executable, "-c", code, str(checkpoint), str(out)], log=out.with_name(out.name + ".log"))
@@ -557,7 +558,8 @@ def main() -> None:
                         "onnxruntime loop (graph-ours, graph-builder)")
     parser.add_argument("--no-logits", action="store_true", help="ours: skip the lm_head (decoder only)")
     parser.add_argument("--json", type=Path, help="write all raw timings here")
-    parser.add_argument("--runtime", type=Path, help="kind `patched` runs this candidate gemmacli/runtime.py")
+    parser.add_argument("--runtime", type=Path,
+                        help="kind `patched` runs this candidate gemmacli/engine/runtime.py")
     parser.add_argument("--candidate", help="kind `candidate` runs this model folder (an export variant) "
                         "like ours, interleaved with it")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

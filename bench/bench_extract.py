@@ -88,21 +88,21 @@ def peer_schema() -> dict[str, Any]:
 
 def worker_ours(model_dir: str, docs: int, threads: int, max_tokens: int, prefix_cache: bool = True,
                 process_pool: bool = True) -> dict[str, Any]:
-    """gemmacli.api.Extractor exactly as the CLI uses it; times from the first import.
+    """gemmacli.engine.extractor.Extractor exactly as the CLI uses it; times from the first import.
 
     `process_pool`: set up the process as the `gemmacli` executable does (one onnxruntime thread pool for
     the decoder and lm_head sessions); False measures what a library caller gets by default (a pool per
     session, idle threads not spinning).
     """
     t0 = time.perf_counter()
-    from gemmacli.runtime import PROCESS_POOL_ENV
+    from gemmacli.engine.runtime import PROCESS_POOL_ENV
 
     if process_pool:
         os.environ[PROCESS_POOL_ENV] = "1"
     else:
         os.environ.pop(PROCESS_POOL_ENV, None)
-    from gemmacli.api import Extractor
-    from gemmacli.prompt import encode_prompt
+    from gemmacli.engine.extractor import Extractor
+    from gemmacli.engine.prompt import encode_prompt
 
     extractor = Extractor(SCHEMA, model=model_dir, threads=threads, max_tokens=max_tokens,
                           prefix_cache=prefix_cache)
@@ -140,7 +140,7 @@ def worker_lm_head(model_dir: str, threads: int) -> dict[str, Any]:
     """ms for logits_for(n rows) against the full lm_head: where the grammar-aware lm_head pays."""
     import numpy as np
 
-    from gemmacli.runtime import Model
+    from gemmacli.engine.runtime import Model
 
     model = Model.load(model_dir, threads=threads)
     cache = model.new_cache()

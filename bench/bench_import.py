@@ -68,7 +68,7 @@ def timed_import(gguf: Path, destination: Path, precision: str) -> dict[str, flo
 
 def agreement(reference: Path, candidate: Path) -> tuple[float, list[tuple[str, str]]]:
     """Teacher-forced top-1 agreement with the reference graph, and both greedy continuations."""
-    from gemmacli.runtime import Model
+    from gemmacli.engine.runtime import Model
 
     ref, cand = Model.load(reference), Model.load(candidate)
     agree = total = 0

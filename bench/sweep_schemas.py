@@ -48,8 +48,8 @@ def llguidance_compiles(schema: Any) -> bool:
 
 
 def gemmacli_accepts(schema: Any, lenient: bool) -> tuple[bool, str]:
+    from gemmacli.engine.grammar import compile_grammar
     from gemmacli.errors import SchemaError
-    from gemmacli.grammar import compile_grammar
     from gemmacli.schema import check_schema
 
     try:
@@ -71,12 +71,12 @@ def main() -> None:
     if not args.data.is_dir():
         sys.exit(f"no jsonschemabench data at {args.data}")
 
-    from gemmacli.api import Extractor
+    from gemmacli.engine.extractor import Extractor
     from gemmacli.errors import ExtractionFailed, SchemaError
 
     model = None
     if args.decode:
-        from gemmacli.runtime import Model
+        from gemmacli.engine.runtime import Model
 
         model = Model.load(args.decode, threads=1)
     files = sorted(args.data.glob("*.json"))[: args.limit or None]

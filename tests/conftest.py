@@ -22,7 +22,8 @@ import pytest
 
 FIXTURE_VERSION = "tiny-1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RECIPE_FILES = ("gemmacli/synth.py", "gemmacli/export.py", "gemmacli/fuse.py", "tests/hubserver.py")
+RECIPE_FILES = ("gemmacli/models/synth.py", "gemmacli/models/export.py", "gemmacli/models/fuse.py",
+                "tests/hubserver.py")
 
 
 def _cache_root() -> Path:
@@ -73,7 +74,7 @@ def _prune_stale_recipes(keep: Path, max_age_s: float = 86400) -> None:
 
 def build_cached_model(label: str, **options: object) -> Path:
     """Synthesize a tiny model into the shared cache unless an identical recipe already built it."""
-    from gemmacli.synth import synthesize
+    from gemmacli.models.synth import synthesize
 
     return build_cached(label, lambda folder: synthesize(label, "tiny", folder, **options))
 
@@ -109,6 +110,6 @@ def _private_cache_home(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytes
 @pytest.fixture(autouse=True)
 def _no_checkout_store(monkeypatch: pytest.MonkeyPatch) -> None:
     """Models a developer keeps in ./onnx_models must not leak into any test's search path."""
-    from gemmacli import store
+    from gemmacli.models import store
 
     monkeypatch.setattr(store, "checkout_models_dir", lambda: None)

@@ -69,7 +69,8 @@ def code_key(*relative_paths: str, extra: str = "") -> str:
 #: The code an imported model folder is made by: a change to any of these rebuilds the cached imports.
 IMPORT_CODE = ("gemmacli/models/__init__.py", "gemmacli/models/builder.py", "gemmacli/models/gguf_file.py",
                "gemmacli/models/importer.py", "gemmacli/models/quant.py", "gemmacli/models/vocab.py",
-               "gemmacli/fuse.py", "gemmacli/export.py", "gemmacli/store.py", "tests/gguf_fixture.py")
+               "gemmacli/models/fuse.py", "gemmacli/models/export.py", "gemmacli/models/store.py",
+               "tests/gguf_fixture.py")
 
 
 def build_cached(label: str, key: str, builder: Callable[[Path], object], *,

@@ -135,7 +135,7 @@ def build_hub_layout(checkpoint: Path, out: Path) -> Path:
 
     import onnx
 
-    from gemmacli.export import quantize_int4, run_optimum
+    from gemmacli.models.export import quantize_int4, run_optimum
 
     work = out / "_optimum"
     run_optimum(str(checkpoint), work, verbose=False)

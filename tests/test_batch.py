@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from gemmacli import batch
 from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, ModelError
-from gemmacli.inputs import Source
+from gemmacli.jobs import batch
+from gemmacli.jobs.inputs import Source
 
 
 @dataclass

@@ -26,9 +26,12 @@ from typing import Any
 import pytest
 from cli import run_cli  # tests/cli.py
 
-import gemmacli.api
-from gemmacli.cache import ResultCache, default_cache_dir
-from gemmacli.check import (
+import gemmacli.engine.extractor
+from gemmacli.errors import ExitStatus, ExtractionFailed, SchemaError
+from gemmacli.files import write_atomically
+from gemmacli.jobs.cache import ResultCache, default_cache_dir
+from gemmacli.jobs.inputs import collect_sources
+from gemmacli.jobs.policy import (
     ERROR,
     PASS,
     REPEAT_GUARD_RULE,
@@ -39,9 +42,6 @@ from gemmacli.check import (
     evaluate,
     load_policy,
 )
-from gemmacli.errors import ExitStatus, ExtractionFailed, SchemaError
-from gemmacli.files import write_atomically
-from gemmacli.inputs import collect_sources
 from gemmacli.schema import check_schema, load_schema
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,7 +104,7 @@ def run_check(argv: list[str], cache_home: Path, stdin: bytes = b"") -> tuple[Ex
 def fake_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Runs `gemmacli check` with the rule-based extractor and a fake model folder."""
     RuleBasedExtractor.instances = []
-    monkeypatch.setattr(gemmacli.api, "Extractor", RuleBasedExtractor, raising=False)
+    monkeypatch.setattr(gemmacli.engine.extractor, "Extractor", RuleBasedExtractor, raising=False)
     model = fake_model_dir(tmp_path)
     cache_home = tmp_path / "xdg-cache"
 
@@ -464,8 +464,8 @@ VIOLATING_POLICY = {"title": "kind is secret",
 
 @pytest.fixture()
 def real_model(request: pytest.FixtureRequest) -> Path:
-    if not hasattr(gemmacli.api, "Extractor"):
-        pytest.skip("gemmacli.api.Extractor is not implemented yet")
+    if not hasattr(gemmacli.engine.extractor, "Extractor"):
+        pytest.skip("gemmacli.engine.extractor.Extractor is not implemented yet")
     try:
         return Path(request.getfixturevalue("tiny_model_dir"))
     except pytest.FixtureLookupError:

@@ -485,7 +485,7 @@ def test_real_bundled_invoice_over_a_glob_with_two_jobs(real_model: str, workdir
 
 def test_real_concise_schema_from_stdin_dash(real_model: str, workdir: Path) -> None:
     # gemmacli extract --schema 'name, age int, email?: their email, tags [str], mood enum(happy|sad)' -
-    from gemmacli.dsl import parse_dsl
+    from gemmacli.schema.dsl import parse_dsl
 
     schema = "name, age int, email?: their email, tags [str], mood enum(happy|sad)"
     result = run(

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from test_loops import Leaning, leaning_ids, looping_schema
 
-from gemmacli.api import ExtractionResult, Extractor, budget_for, extract
-from gemmacli.decoder import DecodeOptions, decode
+from gemmacli.engine.decoder import DecodeOptions, decode
+from gemmacli.engine.extractor import ExtractionResult, Extractor, budget_for, extract
+from gemmacli.engine.grammar import TokenizerBuild, compile_grammar, new_matcher
+from gemmacli.engine.prompt import encode_prompt, field_guide
 from gemmacli.errors import ExitStatus, ExtractionFailed, SchemaError
-from gemmacli.grammar import TokenizerBuild, compile_grammar, new_matcher
-from gemmacli.prompt import encode_prompt, field_guide
 from gemmacli.schema import check_schema
 
 TEXT = "Alice Martin, 34, wrote from Paris on Monday. She is happy; tags: invoice, urgent."
@@ -56,7 +56,7 @@ SCHEMAS = {"five": FIVE, "nested": NESTED, "small": SMALL}
 @pytest.fixture(scope="module")
 def model(request: pytest.FixtureRequest) -> Any:
     """The tiny synthesized INT4 model (tests/conftest.py builds and caches it)."""
-    from gemmacli.runtime import Model
+    from gemmacli.engine.runtime import Model
 
     folder = request.getfixturevalue("tiny_model_dir")
     return Model.load(Path(folder), threads=1)
@@ -293,7 +293,7 @@ def test_lazy_masks_in_strings_give_the_same_greedy_output(model: Any, name: str
 
 
 def test_best_accepted_is_the_masked_argmax_and_refuses_a_tie_at_the_cut() -> None:
-    from gemmacli.decoder import _best_accepted
+    from gemmacli.engine.decoder import _best_accepted
 
     class Accepts:
         def __init__(self, allowed: set[int]) -> None:
@@ -414,7 +414,7 @@ class _Recording:
 
 def golden_run(model: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """One case through Extractor.extract, as a JSON-able record of everything decode() decided."""
-    import gemmacli.api
+    import gemmacli.engine.extractor
 
     schema, text, kwargs, overrides, lean = GOLDEN_CASES[name]
     calls: list[str] = []
@@ -423,13 +423,13 @@ def golden_run(model: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> dict[s
     for key, value in overrides.items():
         setattr(extractor.options, key, value)
     results: list[Any] = []
-    real_decode = gemmacli.api.decode
+    real_decode = gemmacli.engine.extractor.decode
 
     def recording_decode(*args: Any, **kw: Any) -> Any:
         results.append(real_decode(*args, **kw))
         return results[-1]
 
-    monkeypatch.setattr(gemmacli.api, "decode", recording_decode)
+    monkeypatch.setattr(gemmacli.engine.extractor, "decode", recording_decode)
     record: dict[str, Any] = {}
     try:
         extractor.extract(text)

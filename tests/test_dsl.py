@@ -5,8 +5,8 @@ from __future__ import annotations
 import jsonschema
 import pytest
 
-from gemmacli.dsl import looks_like_dsl, parse_dsl
 from gemmacli.errors import SchemaError
+from gemmacli.schema.dsl import looks_like_dsl, parse_dsl
 
 ISSUE_EXAMPLE = "name, age int, email?: their email, tags [str], mood enum(happy|sad)"
 

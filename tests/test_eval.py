@@ -9,7 +9,7 @@ import pytest
 from cli import run_cli  # tests/cli.py
 
 from gemmacli.errors import UsageError
-from gemmacli.evaluate import Scorer, normalise, read_labelled
+from gemmacli.jobs.evaluate import Scorer, normalise, read_labelled
 
 SCHEMA = {
     "type": "object",

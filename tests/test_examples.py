@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from cli import run_cli  # tests/cli.py
 
-from gemmacli import store
+from gemmacli.engine.examples import ExampleSource, bundled_examples, compact_answer, load_examples
+from gemmacli.engine.prompt import encode_prompt
 from gemmacli.errors import UsageError
-from gemmacli.examples import ExampleSource, bundled_examples, compact_answer, load_examples
-from gemmacli.prompt import encode_prompt
+from gemmacli.models import store
 from gemmacli.schema import load_schema
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": ["integer", "null"]}},
@@ -96,8 +96,8 @@ def test_similar_selection_picks_per_text_and_keeps_the_head_cacheable(tiny_mode
     head (instruction and guide) stays the same for every text, so a batch still prefills it once."""
     from tokenizers import Tokenizer
 
-    from gemmacli.examples import Examples
-    from gemmacli.prompt import Demonstration
+    from gemmacli.engine.examples import Examples
+    from gemmacli.engine.prompt import Demonstration
 
     pool = tuple(Demonstration(t, "{}") for t in ["the cat sat", "a dog barked loudly", "dog food prices",
                                                     "weather is fine"])

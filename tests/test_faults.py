@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from gemmacli import batch
 from gemmacli.cli import check_cmd, extract_cmd
+from gemmacli.jobs import batch
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -44,7 +44,8 @@ CHECK_EXAMPLES = TESTS / "examples" / "check"
 
 
 class ApiFake:
-    """test_batch's fake in gemmacli.api.Extractor's shape, for code that builds that class itself."""
+    """test_batch's fake in gemmacli.engine.extractor.Extractor's shape, for code that builds that class
+    itself."""
 
     def __init__(self, schema: Any = None, **options: Any) -> None:
         self.inner = fake_factory(batch.ExtractOptions(schema={}, model="fake"))
@@ -56,9 +57,9 @@ class ApiFake:
 @pytest.fixture
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """The fake extractor for `extract` and `check`, a fake model folder; tmp_path is the working folder."""
-    import gemmacli.api
+    import gemmacli.engine.extractor
 
-    monkeypatch.setattr(gemmacli.api, "Extractor", ApiFake)
+    monkeypatch.setattr(gemmacli.engine.extractor, "Extractor", ApiFake)
     monkeypatch.setattr(extract_cmd, "EXTRACTOR_FACTORY", fake_factory)
     monkeypatch.setattr(check_cmd, "EXTRACTOR_FACTORY", fake_factory, raising=False)
     folder = tmp_path / "models" / "fake"
@@ -149,7 +150,7 @@ def _first_run_with(*extra: str) -> Callable[[Path], None]:
 
 def _locked(holds: list[Any]) -> Callable[[Path], None]:
     def prepare(tmp: Path) -> None:
-        from gemmacli.outfile import OutputLock
+        from gemmacli.jobs.outfile import OutputLock
 
         three_inputs(tmp)
         write(tmp / "out.jsonl", record("in/0.txt"))
@@ -302,7 +303,7 @@ def test_o_into_a_full_device_is_exit_5_naming_the_file(fake: str, tmp_path: Pat
 
 
 def test_check_report_and_cache_entries_keep_symlinks(fake: str, tmp_path: Path) -> None:
-    from gemmacli.cache import ResultCache
+    from gemmacli.jobs.cache import ResultCache
 
     report = write(tmp_path / "reports" / "r.jsonl", "old")
     link = tmp_path / "r.jsonl"
@@ -399,7 +400,7 @@ def test_resume_of_stdin_extracts_new_text_and_skips_the_same(fake: str, tmp_pat
 
 
 def test_the_lock_is_released_and_the_sidecar_stays(fake: str, tmp_path: Path) -> None:
-    from gemmacli.outfile import sidecar_path
+    from gemmacli.jobs.outfile import sidecar_path
 
     three_inputs(tmp_path)
     assert run_cli(["extract", *SCHEMA, "-m", fake, "in", "-o", "out.jsonl"]).status == 0
@@ -414,7 +415,7 @@ def test_the_lock_is_released_and_the_sidecar_stays(fake: str, tmp_path: Path) -
 
 def test_two_concurrent_runs_on_one_output_never_interleave(fake: str, tmp_path: Path) -> None:
     """The second of two real processes on the same -o exits 2 naming the first; the file is the first's."""
-    from gemmacli.outfile import sidecar_path
+    from gemmacli.jobs.outfile import sidecar_path
 
     for i in range(4):
         write(tmp_path / "in" / f"{i}.txt", f"SLOW 0.5 doc {i}")
@@ -462,7 +463,7 @@ def test_a_failed_gate_stays_failed_when_stdout_closes(fake: str, tmp_path: Path
 
 def test_a_passing_gate_whose_report_is_lost_is_exit_5(fake: str, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from gemmacli import check
+    from gemmacli.jobs import policy as check
 
     monkeypatch.setattr(check, "evaluate", lambda policy, value: [])
     write(tmp_path / "docs" / "a.md", "harmless")
@@ -492,9 +493,9 @@ class CountingTokenizer:
 def test_a_huge_input_is_judged_and_truncated_from_a_prefix(tiny_model_dir: Path) -> None:
     from tokenizers import Tokenizer
 
+    from gemmacli.engine.prompt import encode_prompt
     from gemmacli.errors import ExtractionFailed
-    from gemmacli.prompt import encode_prompt
-    from gemmacli.store import ModelConfig
+    from gemmacli.models.store import ModelConfig
 
     config = ModelConfig.from_folder(tiny_model_dir)
     tokenizer = CountingTokenizer(Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json")))
@@ -542,7 +543,7 @@ def test_closed_standard_streams_are_usage_or_io_errors(redirect: str, status: i
 
 
 def test_the_repetition_guard_ignores_a_repetition_the_grammar_forces(tiny_model_dir: Path) -> None:
-    from gemmacli.api import Extractor
+    from gemmacli.engine.extractor import Extractor
 
     schema = {"type": "object", "required": ["xs"],
               "properties": {"xs": {"type": "array", "items": {"const": "abc"},
@@ -728,7 +729,7 @@ def test_an_input_that_cannot_fit_is_refused_before_the_model_loads(tmp_path: Pa
     """Longer than the context times the longest token: refused from its length alone. The folder here has
     a config and nothing else, so a model load would be exit 4; a 50 MB file took 0.3 s and 140 MB RSS
     this way with the real 270M model (it took 2.8 s and 830 MB after loading the model)."""
-    from gemmacli.store import ModelConfig
+    from gemmacli.models.store import ModelConfig
 
     folder = tmp_path / "models" / "configonly"
     folder.mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""gemmacli.fuse: the GroupQueryAttention rewrite must compute exactly what optimum's graph computes.
+"""gemmacli.models.fuse: the GroupQueryAttention rewrite must compute exactly what optimum's graph computes.
 
 The reference is optimum's own fp32 export of the tiny synth checkpoint, split like the export pipeline
 splits it (last-position hidden state out, no lm_head). Both graphs run the same token stream: a prefill,
@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pytest
 from conftest import build_cached
 
-from gemmacli import export
-from gemmacli.fuse import FuseError, _rope_params, fuse_attention
+from gemmacli.models import export
+from gemmacli.models.fuse import FuseError, _rope_params, fuse_attention
 
 # tokens per call: a short prefill, a forced chunk, then decoding past the 16-token window; and a prefill
 # longer than two windows followed by a chunk that crosses the window cache's eviction point
@@ -45,7 +45,7 @@ def _split(optimum_dir: Path) -> onnx.ModelProto:
 
 
 class _Runner:
-    """Feeds a decoder graph the way gemmacli.runtime does: its own token count, present -> past."""
+    """Feeds a decoder graph the way gemmacli.engine.runtime does: its own token count, present -> past."""
 
     def __init__(self, model: onnx.ModelProto | Path) -> None:
         source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)

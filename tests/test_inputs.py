@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gemmacli.errors import InputOutputError
-from gemmacli.inputs import Source, collect_sources
+from gemmacli.jobs.inputs import Source, collect_sources
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The repetition guard (gemmacli.loops): a model stuck in a loop ends in valid JSON, and says so.
+"""The repetition guard (gemmacli.engine.loops): a model stuck in a loop ends in valid JSON, and says so.
 
 The model here is the tiny one leaning hard on the tokens `a`, `5` and `.` (`Leaning`), so it loops every run
 whatever its random weights: digits in a time, letters in a URI, in a patterned string, in an alternation.
@@ -16,9 +16,9 @@ import jsonschema
 import numpy as np
 import pytest
 
-from gemmacli.api import Extractor
+from gemmacli.engine.extractor import Extractor
+from gemmacli.engine.loops import SPAN, WINDOW, RepeatGuard
 from gemmacli.errors import ExtractionFailed
-from gemmacli.loops import SPAN, WINDOW, RepeatGuard
 
 TEXT = "Alice Martin (34) emailed from Paris on 2024-05-01 about invoice 1042: total 99.50 EUR, urgent."
 LOOPING = {
@@ -62,7 +62,7 @@ def leaning_ids(model: Any) -> list[int]:
 
 @pytest.fixture(scope="module")
 def model(request: pytest.FixtureRequest) -> Any:
-    from gemmacli.runtime import Model
+    from gemmacli.engine.runtime import Model
 
     real = Model.load(Path(request.getfixturevalue("tiny_model_dir")), threads=1)
     return Leaning(real, leaning_ids(real))
@@ -137,7 +137,7 @@ def test_the_cli_prints_what_the_guard_did_and_still_exits_0(tmp_path: Path, req
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from gemmacli import runtime
+    from gemmacli.engine import runtime
 
     sys.path.insert(0, str(Path(__file__).parent))
     from cli import run_cli
@@ -202,7 +202,7 @@ class _PieceTokenizer:
 def test_an_array_that_gets_an_item_twice_is_closed() -> None:
     """`["Lebanon","Lebanon",…` (seen on the real model): a list of names holds each once, so the second
     copy is a loop: the guard reports it once and closes the array (not the object around it)."""
-    from gemmacli.loops import RepeatGuard
+    from gemmacli.engine.loops import RepeatGuard
 
     pieces = [b'{"a":[', b'"', b"x", b"y", b",", b"]", b"}", b'"b":', b"x,y"]
     tokenizer = _PieceTokenizer(pieces)

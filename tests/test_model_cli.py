@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from cli import run_cli  # tests/cli.py
 
-from gemmacli import store
 from gemmacli.errors import ExitStatus, ModelError
-from gemmacli.synth import CHECKPOINT_DIR
+from gemmacli.models import store
+from gemmacli.models.synth import CHECKPOINT_DIR
 
 
 def run(argv: list[str], environ: dict[str, str]) -> tuple[ExitStatus, str, str]:
@@ -63,7 +63,7 @@ def test_verify_names_a_corrupted_file(models: tuple[Path, dict[str, str]], vict
 
 
 def test_truncated_file_fails_at_load(models: tuple[Path, dict[str, str]]) -> None:
-    from gemmacli.runtime import Model
+    from gemmacli.engine.runtime import Model
 
     root, _ = models
     path = root / "tiny" / "lm_head.onnx.data"
@@ -112,7 +112,7 @@ def test_export_int4_block_128_from_a_checkpoint(tmp_path: Path, tiny_fp32_model
     # tiny's hidden size (64) is below the block: the embedding stays a plain Gather (real Gemma: 640 = 5x128)
     assert manifest["quantization"]["embedding"] == "fp32 Gather"
     assert manifest["gemmacli_version"]
-    from gemmacli.runtime import Model
+    from gemmacli.engine.runtime import Model
 
     model = Model.load(folder, threads=1)
     hidden = model.forward(model.new_cache(), [2, 300, 301, 302])

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from gemmacli.errors import ModelError, UsageError
-from gemmacli.export import HIDDEN_OUTPUT, check_architecture, save_graph, split_lm_head
+from gemmacli.models.export import HIDDEN_OUTPUT, check_architecture, save_graph, split_lm_head
 
 HIDDEN, VOCAB = 8, 24
 

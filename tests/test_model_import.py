@@ -36,11 +36,11 @@ from gguf_fixture import (
     write_tiny_gguf,
 )
 
-from gemmacli import store
+from gemmacli.engine.runtime import Model
 from gemmacli.errors import ExitStatus, ModelError, UsageError
+from gemmacli.models import store
 from gemmacli.models.gguf_file import GGUFModel
 from gemmacli.models.importer import ImportOptions, import_model
-from gemmacli.runtime import Model
 
 pytest.importorskip("gguf")  # the optional extra that reads GGUF files: gemmacli[gguf]
 

@@ -11,10 +11,10 @@ import onnxruntime as ort
 from cli import run_cli  # tests/cli.py
 from hubserver import serve_hub
 
-from gemmacli import store
+from gemmacli.engine.runtime import Model
 from gemmacli.errors import ExitStatus
-from gemmacli.pull import DEFAULT_REPO, GRAPH_FILE
-from gemmacli.runtime import Model
+from gemmacli.models import store
+from gemmacli.models.pull import DEFAULT_REPO, GRAPH_FILE
 
 
 def _run(argv: list[str], environ: dict[str, str]) -> tuple[ExitStatus, str, str]:
@@ -98,7 +98,7 @@ def test_pull_does_not_load_networking_code_on_import() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, gemmacli.runtime, gemmacli.store, gemmacli.pull; "
+    code = ("import sys, gemmacli.engine.runtime, gemmacli.models.store, gemmacli.models.pull; "
             "print('huggingface_hub' in sys.modules or 'requests' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

@@ -1,4 +1,5 @@
-"""gemmacli.runtime.Model against transformers and against itself (INT4 row gather, one-pass prefill)."""
+"""gemmacli.engine.runtime.Model against transformers and against itself (INT4 row gather, one-pass
+prefill)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gemmacli.engine.runtime import Model
 from gemmacli.errors import ModelError
-from gemmacli.runtime import Model
-from gemmacli.synth import CHECKPOINT_DIR
+from gemmacli.models.synth import CHECKPOINT_DIR
 
 PROMPT = 'Invoice total: 42 EUR, due {"date": "2024-05-01"}'
 NEW_TOKENS = 24

@@ -10,7 +10,7 @@ from cli import run_cli  # tests/cli.py
 from tokenizers import Tokenizer
 
 from gemmacli.errors import ExitStatus
-from gemmacli.synth import (
+from gemmacli.models.synth import (
     CHECKPOINT_DIR,
     GEMMA3_270M_CONFIG,
     GEMMA3_270M_VOCAB,
@@ -77,7 +77,7 @@ def test_synth_command_builds_a_loadable_model(tmp_path: Path) -> None:
     assert stdout.decode().strip() == str(tmp_path / "mini")
     for stage in ("synth", "export", "split", "fuse", "write"):
         assert f"  {stage}" in stderr
-    from gemmacli.runtime import Model
+    from gemmacli.engine.runtime import Model
 
     model = Model.load("mini", environ={"GEMMACLI_MODELS": str(tmp_path)})
     assert len(model.generate_greedy([2, 100, 200], 3, stop_ids=[])) == 3

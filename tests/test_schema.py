@@ -10,13 +10,13 @@ from llguidance import LLMatcher
 
 from gemmacli.errors import ExitStatus, SchemaError
 from gemmacli.schema import (
-    UNSUPPORTED_KEYWORDS,
     LoadedSchema,
     bundled_schemas,
     check_schema,
     load_schema,
     schema_sha256,
 )
+from gemmacli.schema.core import UNSUPPORTED_KEYWORDS
 
 PERSON = {
     "type": "object",
@@ -67,10 +67,10 @@ def test_inline_json_error_names_line_and_column() -> None:
 
 
 def test_dsl_is_the_last_reading() -> None:
-    from gemmacli import dsl
+    from gemmacli.schema import dsl
 
     if not hasattr(dsl, "parse_dsl"):
-        pytest.skip("the concise syntax (gemmacli.dsl) is not built yet")
+        pytest.skip("the concise syntax (gemmacli.schema.dsl) is not built yet")
     loaded = load_schema("name, age int")
     assert isinstance(loaded, LoadedSchema) and loaded.source == "dsl"
     assert set(loaded.schema["properties"]) == {"name", "age"}

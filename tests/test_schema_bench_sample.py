@@ -1,8 +1,8 @@
 """A fixed, seeded sample of 200 real-world schemas (../shared/jsonschemabench, every subset) through the
 whole pipeline on the tiny random model: each yields JSON that validates, or a refusal (exit 3) that says
 why. 0 invalid outputs, and no schema ends on a spent token budget either: the budget is the default one
-(sized from the schema, gemmacli.api.budget_for; a schema whose smallest output cannot fit is refused up
-front), and a random model's loops are ended by the repetition guard (gemmacli.loops)."""
+(sized from the schema, gemmacli.engine.extractor.budget_for; a schema whose smallest output cannot fit
+is refused up front), and a random model's loops are ended by the repetition guard (gemmacli.engine.loops)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from gemmacli.api import Extractor
+from gemmacli.engine.extractor import Extractor
 from gemmacli.errors import ExtractionFailed, SchemaError
 
 BENCH = Path(__file__).resolve().parent.parent.parent / "shared" / "jsonschemabench"
@@ -45,7 +45,7 @@ def seeded_sample(files: list[Path], size: int = SAMPLE_SIZE, seed: int = SEED) 
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir: Path) -> Any:
-    from gemmacli.runtime import Model
+    from gemmacli.engine.runtime import Model
 
     return Model.load(tiny_model_dir, threads=1)
 

@@ -1,4 +1,4 @@
-"""The smallest JSON a schema allows (gemmacli.sizing): what the budget is sized from."""
+"""The smallest JSON a schema allows (gemmacli.schema.sizing): what the budget is sized from."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from gemmacli.sizing import shortest_match, smallest_json, string_hints
+from gemmacli.schema.sizing import shortest_match, smallest_json, string_hints
 
 
 @pytest.mark.parametrize("pattern", [

@@ -1,4 +1,4 @@
-"""Span fields: string values that can only be runs of whole words of the input (gemmacli.spans)."""
+"""Span fields: string values that can only be runs of whole words of the input (gemmacli.engine.spans)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from gemmacli.api import Extractor
-from gemmacli.grammar import TokenizerBuild, lark_grammar, new_matcher
-from gemmacli.spans import has_spans, is_span_field, span_grammar
+from gemmacli.engine.extractor import Extractor
+from gemmacli.engine.grammar import TokenizerBuild, lark_grammar, new_matcher
+from gemmacli.engine.spans import has_spans, is_span_field, span_grammar
 
 TEXT = 'Ada Lovelace wrote to "Charles" Babbage\nat 12 St. James\'s Square.'
 PERSON = {

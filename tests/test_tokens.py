@@ -1,4 +1,5 @@
-"""llguidance's tokenizer from a cached token table (gemmacli.tokens): the same tokenizer, the same output."""
+"""llguidance's tokenizer from a cached token table (gemmacli.engine.tokens): the same tokenizer, the same
+output."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from gemmacli import tokens
-from gemmacli.decoder import DecodeOptions, decode
-from gemmacli.grammar import compile_grammar, new_matcher
-from gemmacli.prompt import encode_prompt
+from gemmacli.engine import tokens
+from gemmacli.engine.decoder import DecodeOptions, decode
+from gemmacli.engine.grammar import compile_grammar, new_matcher
+from gemmacli.engine.prompt import encode_prompt
 from gemmacli.schema import check_schema
 
 TEXT = "Alice Martin, 34, wrote from Paris on Monday. She is happy; tags: invoice, urgent."
@@ -29,7 +30,7 @@ SCHEMAS = [
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir: Path) -> Any:
-    from gemmacli.runtime import Model
+    from gemmacli.engine.runtime import Model
 
     return Model.load(tiny_model_dir)
 
@@ -134,7 +135,7 @@ def test_a_full_262144_entry_gemma_vocabulary_checks_out(tmp_path: Path) -> None
     """The real size, its padding pieces included: what `model pull` installs is this shape."""
     from tokenizers import Tokenizer
 
-    from gemmacli.synth import GEMMA3_270M_VOCAB, train_tokenizer
+    from gemmacli.models.synth import GEMMA3_270M_VOCAB, train_tokenizer
 
     path = train_tokenizer(tmp_path / "tok", vocab_size=GEMMA3_270M_VOCAB)
     text = path.read_text(encoding="utf-8")

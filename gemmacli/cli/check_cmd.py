@@ -14,19 +14,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from gemmacli import __version__, batch
-from gemmacli.cache import ResultCache, default_cache_dir
-from gemmacli.check import (
-    ERROR,
-    PASS,
-    CheckRunner,
-    CheckSummary,
-    ExtractMany,
-    FileOutcome,
-    Policy,
-    load_policy,
-    sha256_text,
-)
+from gemmacli import __version__
 from gemmacli.cli.commands import (
     add_common_flags,
     add_decoding_options,
@@ -41,7 +29,20 @@ from gemmacli.cli.core import silence_stdout
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, UsageError
 from gemmacli.files import write_atomically
-from gemmacli.reports import FORMATS, compact_value, format_for_path, render
+from gemmacli.jobs import batch
+from gemmacli.jobs.cache import ResultCache, default_cache_dir
+from gemmacli.jobs.policy import (
+    ERROR,
+    PASS,
+    CheckRunner,
+    CheckSummary,
+    ExtractMany,
+    FileOutcome,
+    Policy,
+    load_policy,
+    sha256_text,
+)
+from gemmacli.jobs.reports import FORMATS, compact_value, format_for_path, render
 from gemmacli.schema import canonical_json
 
 DESCRIPTION = """\
@@ -130,7 +131,7 @@ def model_fingerprint(model_ref: str, env: Environment) -> str:
     Hashing the manifest rather than the weights keeps an all-cached CI run free of model work, and the
     manifest already holds the sha256 of every model file.
     """
-    from gemmacli.store import check_sizes, read_manifest, resolve_model
+    from gemmacli.models.store import check_sizes, read_manifest, resolve_model
 
     folder = resolve_model(model_ref, env.environ)
     manifest = read_manifest(folder)
@@ -169,7 +170,7 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
     }
     if args.allow_empty:  # only when set, so the cache keys of every earlier run stay valid
         fingerprint["options"]["allow_empty"] = True
-    from gemmacli.store import resolve_model
+    from gemmacli.models.store import resolve_model
 
     folder = resolve_model(model_ref, env.environ)
     check_max_tokens(args.max_tokens, folder)
@@ -208,7 +209,7 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
 
 def _sources(args: argparse.Namespace, env: Environment) -> list[Any]:
-    from gemmacli.inputs import collect_sources
+    from gemmacli.jobs.inputs import collect_sources
 
     inputs = list(args.inputs)
     if not inputs:
@@ -220,7 +221,7 @@ def _sources(args: argparse.Namespace, env: Environment) -> list[Any]:
 
 
 def _size(folder: Path) -> int:
-    from gemmacli.store import folder_size
+    from gemmacli.models.store import folder_size
 
     try:
         return folder_size(folder)
@@ -229,12 +230,12 @@ def _size(folder: Path) -> int:
 
 
 def _parallel(options: batch.ExtractOptions, jobs: int, env: Environment) -> ExtractMany:
-    """`--jobs N`: the files the cache does not know go through N worker processes (gemmacli.batch)."""
+    """`--jobs N`: the files the cache does not know go through N worker processes (gemmacli.jobs.batch)."""
     threads = max(1, batch.cpu_count() // jobs)
     worker_options = dataclasses.replace(options, threads=options.threads or threads)
 
     def extract_many(texts: list[tuple[str, str]]) -> Iterator[tuple[Any, list[str]] | ExtractionFailed]:
-        from gemmacli.inputs import Source
+        from gemmacli.jobs.inputs import Source
 
         sources = [Source(name=name, kind="jsonl", path=None, text=text) for name, text in texts]
         env.verbose(f"extracting {len(sources)} file(s) with {jobs} workers")

@@ -90,7 +90,7 @@ def check_max_tokens(max_tokens: int | None, model_folder: Path) -> None:
     """
     if max_tokens is None:
         return
-    from gemmacli.store import ModelConfig
+    from gemmacli.models.store import ModelConfig
 
     try:
         context = int(ModelConfig.from_folder(model_folder).context_length)
@@ -132,8 +132,8 @@ def register_all(sub: argparse._SubParsersAction) -> None:
 
 
 def default_model(env: Environment) -> str:
-    """$GEMMACLI_MODEL or the best installed model (gemmacli.store.default_model), named under -v."""
-    from gemmacli import store
+    """$GEMMACLI_MODEL or the best installed model (gemmacli.models.store.default_model), named under -v."""
+    from gemmacli.models import store
 
     name = store.default_model(env.environ)
     if env.verbosity > 0:
@@ -143,8 +143,8 @@ def default_model(env: Environment) -> str:
 
 
 def read_examples(args: argparse.Namespace, loaded: Any, env: Environment) -> Any:
-    """--examples / --shots / --select -> gemmacli.examples.Examples for the prompt, named under -v."""
-    from gemmacli import examples
+    """--examples / --shots / --select -> gemmacli.engine.examples.Examples for the prompt, named under -v."""
+    from gemmacli.engine import examples
 
     path = examples.resolve_source(getattr(args, "examples", None), loaded)
     if path is None:

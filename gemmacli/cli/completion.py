@@ -82,7 +82,7 @@ def _schema_names() -> list[str]:
 
 def _policy_names() -> list[str]:
     try:
-        from gemmacli.check import bundled_policies
+        from gemmacli.jobs.policy import bundled_policies
 
         return sorted(bundled_policies())
     except Exception:  # as above

@@ -159,7 +159,7 @@ def silence_stdout(env: Environment) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The executable: this process is gemmacli's alone, so its models may share one thread pool."""
-    os.environ.setdefault("GEMMACLI_PROCESS_THREAD_POOL", "1")  # gemmacli.runtime.PROCESS_POOL_ENV
+    os.environ.setdefault("GEMMACLI_PROCESS_THREAD_POOL", "1")  # gemmacli.engine.runtime.PROCESS_POOL_ENV
     _occupy_closed_std_fds()
     signal.signal(signal.SIGTERM, _terminate)
     sys.exit(int(raw_main(argv, Environment())))

@@ -1,8 +1,9 @@
 """`gemmacli eval`: extract every record of a labelled JSON Lines file and score the values field by field.
 
-The extraction is `extract`'s own (gemmacli.batch over the records, --jobs workers, the same prompt,
-examples, spans and grammar); scoring is gemmacli.evaluate. A table goes to stderr, the full report (JSON)
-to stdout or -o; `--min-score X` exits 1 when the overall score is below X, so a model or prompt change
+The extraction is `extract`'s own (gemmacli.jobs.batch over the records, --jobs workers, the same
+prompt, examples, spans and grammar); scoring is gemmacli.jobs.evaluate. A table goes to stderr, the full
+report (JSON) to stdout or -o; `--min-score X` exits 1 when the overall score is below X, so a model or
+prompt change
 can be gated in CI.
 """
 
@@ -18,7 +19,6 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from gemmacli import batch
 from gemmacli.cli.commands import (
     add_common_flags,
     add_model_options,
@@ -29,9 +29,10 @@ from gemmacli.cli.commands import (
 )
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, UsageError
-from gemmacli.evaluate import LabelledFields, Scorer, read_labelled
 from gemmacli.files import write_atomically
-from gemmacli.inputs import Source
+from gemmacli.jobs import batch
+from gemmacli.jobs.evaluate import LabelledFields, Scorer, read_labelled
+from gemmacli.jobs.inputs import Source
 from gemmacli.schema import check_schema, load_schema
 
 EXAMPLES = """\

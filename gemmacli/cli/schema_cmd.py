@@ -135,7 +135,7 @@ def handle_list(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
 
 def handle_dsl(args: argparse.Namespace, env: Environment) -> ExitStatus:
-    from gemmacli.dsl import SYNTAX_HELP, parse_dsl
+    from gemmacli.schema.dsl import SYNTAX_HELP, parse_dsl
 
     if args.text is None:
         env.write_data(SYNTAX_HELP.encode("utf-8"))

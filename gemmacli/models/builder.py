@@ -1,6 +1,6 @@
 """The gemmacli decoder and lm_head graphs, written straight from Gemma 3 weights (no torch, no optimum).
 
-The graphs are the ones `model export` reaches after optimum and `gemmacli.fuse` (see fuse.py), built
+The graphs are the ones `model export` reaches after optimum and `gemmacli.models.fuse` (see fuse.py), built
 directly, as onnxruntime-genai's model builder does:
 
     input_ids -> embedding (GatherBlockQuantized over the lm_head's INT4 rows, or Gather) * sqrt(hidden)
@@ -13,7 +13,7 @@ directly, as onnxruntime-genai's model builder does:
     final SkipSimplifiedLayerNormalization -> last position -> last_hidden_state [batch, hidden]
     lm_head.onnx: hidden [batch, hidden] -> logits [batch, vocab]
 
-Input and output names are the runtime's contract (gemmacli.runtime): input_ids, attention_mask,
+Input and output names are the runtime's contract (gemmacli.engine.runtime): input_ids, attention_mask,
 past_key_values.N.key/value in; last_hidden_state and present.N.key/value out. Weights come from any
 `WeightSource` (a GGUF file here): Linear weights as float32 [out, in], Gemma norm weights already as
 `1 + w`.
@@ -30,8 +30,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from gemmacli.fuse import MS_DOMAIN, add_shared_inputs, layer_types_of, normed_heads, rotary_cache
 from gemmacli.models import quant
+from gemmacli.models.fuse import MS_DOMAIN, add_shared_inputs, layer_types_of, normed_heads, rotary_cache
 
 HIDDEN_OUTPUT = "last_hidden_state"
 LM_HEAD_INPUT = "hidden"

@@ -10,7 +10,7 @@ Stages (one stderr line each, with its time):
   write      gemmacli.json (kind: base or instruct), manifest.json (the GGUF's sha256 as the source)
 
 Everything is written into a staging folder beside the destination and renamed at the end
-(gemmacli.store.staging_folder): an interrupted import leaves nothing under the model's name.
+(gemmacli.models.store.staging_folder): an interrupted import leaves nothing under the model's name.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from gemmacli import store
 from gemmacli.errors import ModelError, UsageError
-from gemmacli.export import Report, Stages, save_graph
-from gemmacli.models import builder
+from gemmacli.models import builder, store
+from gemmacli.models.export import Report, Stages, save_graph
 from gemmacli.models.gguf_file import GEMMA_END_OF_TURN, GGUFModel
 from gemmacli.models.vocab import tokenizer_json
 
@@ -157,7 +156,7 @@ def _quantization(options: ImportOptions, decoder: list[str], head: list[str],
 
 def _smoke_test(folder: Path) -> None:
     """Load the folder as extract will and run <bos>: a graph onnxruntime refuses fails the import here."""
-    from gemmacli.runtime import Model
+    from gemmacli.engine.runtime import Model
 
     try:
         loaded = Model(folder, threads=None)

@@ -3,7 +3,7 @@
 CONTRACT: fuse_attention(model: onnx.ModelProto, config: dict) -> onnx.ModelProto
     `config` is the HF config.json as a dict. Keeps the graph's input and output names and their meaning
     unchanged (input_ids, attention_mask, past_key_values.N.key/value in; hidden or logits and
-    present.N.key/value out), so gemmacli.runtime needs no knowledge of which attention the graph uses.
+    present.N.key/value out), so gemmacli.engine.runtime needs no knowledge of which attention the graph uses.
 
 Why: optimum exports Gemma 3 attention as ~120 small ops per layer (rotary by Slice/Neg/Concat, the single KV
 head expanded to every query head with Expand/Reshape, a materialised mask, MatMul/Softmax/MatMul). At 2048

@@ -184,7 +184,7 @@ EXAMPLES_CLOSING = "\nJSON: "
 
 
 def style_for(config: Any) -> str:
-    """"document" for a pretrained base model, else "chat" (gemmacli.store.ModelConfig.kind)."""
+    """"document" for a pretrained base model, else "chat" (gemmacli.models.store.ModelConfig.kind)."""
     return "document" if getattr(config, "kind", "instruct") == "base" else "chat"
 
 
@@ -193,7 +193,7 @@ class Prompt:
     ids: list[int]
     truncated: bool
     #: ids[:prefix_len] depend only on the schema and the instructions, never on the text: a batch
-    #: prefills them once and reuses their KV cache (gemmacli.api.Extractor).
+    #: prefills them once and reuses their KV cache (gemmacli.engine.extractor.Extractor).
     prefix_len: int = 0
 
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gemmacli.engine.prompt import Demonstration
 from gemmacli.errors import InputOutputError, UsageError
-from gemmacli.prompt import Demonstration
 from gemmacli.schema import LoadedSchema, schemas_dir
 
 SELECTIONS = ("fixed", "similar")

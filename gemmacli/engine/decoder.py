@@ -8,8 +8,9 @@ Three things make it fast, none of which changes what greedy decoding would prod
   full lm_head runs and is masked;
 - the last tokens (closing brackets) are never fed at all: nothing needs logits after them.
 
-One thing does change it, on purpose: the repetition guard (gemmacli.loops). When the model is stuck in a
-loop, the guard narrows that step's choice to a way out of it, so a loop ends in valid JSON (reported in
+One thing does change it, on purpose: the repetition guard (gemmacli.engine.loops). When the model is
+stuck in a loop, the guard narrows that step's choice to a way out of it, so a loop ends in valid JSON
+(reported in
 `repeats`) rather than in a spent budget. It only ever narrows the grammar's allowed set, deterministically.
 
 How to read it: `decode` builds a `_Decoding` (the state of one run) and runs it. Each step of
@@ -34,9 +35,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gemmacli.engine.grammar import Mask
+from gemmacli.engine.loops import JsonLexer, Loop, RepeatGuard, lead_out
 from gemmacli.errors import ExtractionFailed
-from gemmacli.grammar import Mask
-from gemmacli.loops import JsonLexer, Loop, RepeatGuard, lead_out
 
 #: In free text most of the vocabulary is allowed, and its mask is the dearest (4-5 ms for the first token
 #: of a length-bounded string at 262k tokens, measured) while the full lm_head must run anyway. There (the
@@ -57,7 +58,7 @@ Cache = Any
 
 
 class DecoderModel(Protocol):
-    """What the loop needs from the model (gemmacli.runtime.Model). It may also have a `config` whose
+    """What the loop needs from the model (gemmacli.engine.runtime.Model). It may also have a `config` whose
     `vocab_size` says how many lm_head rows it has, when fewer than the tokenizer's ids."""
 
     def forward(self, cache: Cache, token_ids: Sequence[int]) -> np.ndarray:
@@ -74,7 +75,7 @@ class DecoderModel(Protocol):
 
 
 class GrammarMatcher(Protocol):
-    """What the loop needs from llguidance's LLMatcher (and gemmacli.loops.lead_out from it)."""
+    """What the loop needs from llguidance's LLMatcher (and gemmacli.engine.loops.lead_out from it)."""
 
     def is_error(self) -> bool: ...
 
@@ -189,7 +190,7 @@ def decode(
 
     `pending` holds tokens not yet fed to the model (the prompt, or nothing when the caller prefilled it
     and passes the resulting `hidden`). `tokenizer` is llguidance's LLTokenizer (for the text). `hints`
-    are short texts the schema allows (gemmacli.sizing.string_hints), a way out of a loop.
+    are short texts the schema allows (gemmacli.schema.sizing.string_hints), a way out of a loop.
     """
     decoding = _Decoding(model, cache, matcher, tokenizer, options, pending=pending, hidden=hidden,
                          model_calls=model_calls, model_seconds=model_seconds, hints=hints)
@@ -338,8 +339,8 @@ class _Decoding:
 
     def _lead_out(self, loop: Loop, ids: np.ndarray,
                   logits: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Lead-out: the repetition guard's narrowed choice at a loop (gemmacli.loops.lead_out), noted for
-        the user; or, when it found a text the grammar takes, that text forced (then None)."""
+        """Lead-out: the repetition guard's narrowed choice at a loop (gemmacli.engine.loops.lead_out), noted
+        for the user; or, when it found a text the grammar takes, that text forced (then None)."""
         guard = self.guard
         assert guard is not None  # only the guard finds loops
         if self.scratch is None:

@@ -10,7 +10,7 @@ class LoadedSchema:
 
 def load_schema(arg: str) -> LoadedSchema
     Reading order: an existing file path -> inline JSON (starts with '{') -> a bundled name
-    (schemas/NAME.json) -> the concise DSL (gemmacli.dsl.parse_dsl). Raises SchemaError (exit 3).
+    (schemas/NAME.json) -> the concise DSL (gemmacli.schema.dsl.parse_dsl). Raises SchemaError (exit 3).
 def bundled_schemas() -> dict[str, Path]
 def check_schema(schema: dict, *, lenient: bool) -> tuple[dict, list[str]]
     Metaschema check (exit 3 naming the JSON pointer), remote $ref refusal, keywords llguidance cannot
@@ -106,11 +106,11 @@ def schema_sha256(schema: Any) -> str:
 
 def schemas_dir() -> Path:
     """The repository's top-level `schemas/` folder (bundled schemas), found relative to the package."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "schemas", here / "schemas"):
+    package = Path(__file__).resolve().parent.parent  # gemmacli/
+    for candidate in (package.parent / "schemas", package / "schemas"):  # a checkout, then a wheel
         if candidate.is_dir():
             return candidate
-    return here.parent / "schemas"
+    return package.parent / "schemas"
 
 
 def bundled_schemas() -> dict[str, Path]:
@@ -163,7 +163,7 @@ def load_schema(arg: str) -> LoadedSchema:
         schema = _read_file(bundled[arg])
         return LoadedSchema(schema, "bundled", bundled[arg], schema_sha256(schema))
     try:
-        from gemmacli import dsl
+        from gemmacli.schema import dsl
     except ImportError:  # pragma: no cover - dsl ships with the package
         dsl = None  # type: ignore[assignment]
     parse = getattr(dsl, "parse_dsl", None)
@@ -301,7 +301,7 @@ class _Index:
         return anchor
 
 
-#: Public name for the other modules that follow local refs the way the checker does (gemmacli.sizing).
+#: Public name for the other modules that follow local refs the way the checker does (gemmacli.schema.sizing).
 RefIndex = _Index
 
 
@@ -548,7 +548,7 @@ def _check_schema(schema: dict, *, lenient: bool, options: dict | None) -> tuple
 def _refuse_endless(work: dict) -> None:
     """A schema no finite JSON satisfies (a required property holding its own schema again) is refused:
     decoding it could only run until the budget is spent."""
-    from gemmacli.sizing import endless_ref
+    from gemmacli.schema.sizing import endless_ref
 
     pointer = endless_ref(work)
     if pointer is not None:

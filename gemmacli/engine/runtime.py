@@ -2,7 +2,7 @@
 
 CONTRACT (the decoder codes against exactly this; the model-pipeline issue implements it):
 
-A model folder holds (see gemmacli/store.py and onnx_models/README.md):
+A model folder holds (see gemmacli/models/store.py and onnx_models/README.md):
   model.onnx (+ model.onnx.data)   decoder graph: token ids + KV cache in, final-normed hidden state of the
                                    LAST new position out (no lm_head inside), plus the new KV cache.
   lm_head.onnx (+ .data)           hidden [1, H] -> logits [1, V] (INT4 MatMulNBits of the tied embedding).
@@ -16,7 +16,7 @@ class Model:
 
     @classmethod
     def load(cls, ref: str | Path, *, threads: int | None = None) -> Model
-        ref is a model name (resolved by gemmacli.store.resolve_model) or a folder path.
+        ref is a model name (resolved by gemmacli.models.store.resolve_model) or a folder path.
         Raises gemmacli.errors.ModelError (exit 4) for missing/broken models.
 
     def new_cache(self) -> KVCache            empty cache for one sequence
@@ -57,9 +57,9 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from gemmacli import store
 from gemmacli.errors import ModelError
-from gemmacli.store import ModelConfig
+from gemmacli.models import store
+from gemmacli.models.store import ModelConfig
 
 __all__ = ["KVCache", "Model", "ModelConfig"]
 

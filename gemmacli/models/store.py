@@ -117,7 +117,7 @@ def _environ(environ: Mapping[str, str] | None) -> Mapping[str, str]:
 
 def checkout_models_dir() -> Path | None:
     """`onnx_models/` of the source checkout this package runs from, if it runs from one."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # gemmacli/models/store.py -> the checkout
     if (root / "pyproject.toml").is_file() and (root / "onnx_models").is_dir():
         return root / "onnx_models"
     return None

@@ -1,7 +1,7 @@
 """The `check` result cache: one small JSON file per outcome, keyed by a sha256 the caller computes.
 
 The key covers file content, schema, policy, model manifest, gemmacli version and extraction options
-(see gemmacli.check.CheckRunner), so an entry can never be stale: a change to any of them is a new key.
+(see gemmacli.jobs.policy.CheckRunner), so an entry can never be stale: a change to any of them is a new key.
 Entries are written atomically (temp file + rename) so a killed CI job or two parallel jobs sharing a
 cache never leave a half-written entry; an unreadable or corrupt entry is a miss, never an error.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gemmacli.files import json_bytes, write_atomically
-from gemmacli.store import cache_home
+from gemmacli.models.store import cache_home
 
 
 def default_cache_dir(environ: Mapping[str, str]) -> Path:

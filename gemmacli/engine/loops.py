@@ -9,7 +9,7 @@ DISTINCT different tokens (a loop with variations: `ouvelistriouvelistrimentmime
    a `,`) and are not part of the loop: the best-scored of them is taken;
 2. one of the LOOKAHEAD best-scored tokens after which such a token is allowed (`21:55:55.5555` needs `Z`);
 3. the shortest text the schema's own patterns and formats allow from here (`pbj:a:a::a:0-0-0` for a
-   pattern `^pbj:…`, gemmacli.sizing), checked token by token with the grammar before it is taken;
+   pattern `^pbj:…`, gemmacli.schema.sizing), checked token by token with the grammar before it is taken;
 4. any allowed token the loop has not used.
 A loop of whole members (`"k":"v","k":"v",…`) is ended by closing its object or array instead: each
 string it is in is ended, then the container, as soon as the grammar allows.

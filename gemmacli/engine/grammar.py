@@ -6,8 +6,9 @@ would stall model loading and Python work instead of hiding behind them. `Tokeni
 its thread only when asked, right before the prompt's prefill: onnxruntime releases the GIL while it runs,
 and the two overlap. No token-class slices are built (`slices=[]`): that halves the build and costs
 ~0.08 ms per mask on JSON grammars (measured). One build per tokenizer file per process: a batch pays once.
-Given the model's tokenizer, a Gemma tokenizer builds from a checked, cached token table (gemmacli.tokens):
-0.47 s instead of 0.87 s at 262k tokens, which a cold call spends waiting for the GIL.
+Given the model's tokenizer, a Gemma tokenizer builds from a checked, cached token table
+(gemmacli.engine.tokens): 0.47 s instead of 0.87 s at 262k tokens, which a cold call spends waiting for the
+GIL.
 """
 
 from __future__ import annotations
@@ -48,15 +49,15 @@ class TokenizerBuild:
     def __init__(self, tokenizer_json: Path, n_vocab: int, eos_ids: list[int], *, encoder: Any = None,
                  bos: int = 2, cache_dir: Path | None = None) -> None:
         """`encoder`: the model's tokenizers.Tokenizer; with it a Gemma tokenizer builds from a checked,
-        cached token table in half the time (gemmacli.tokens). `cache_dir`: where those tables live."""
+        cached token table in half the time (gemmacli.engine.tokens). `cache_dir`: where those tables live."""
         self.path = Path(tokenizer_json)
         self.encoder = encoder
         self.bos = int(bos)
         self.cache_dir = cache_dir
-        self.how = ""  # gemmacli.tokens.build's answer: "table", "checked", "llguidance" ("" when cached)
+        self.how = ""  # tokens.build's answer: "table", "checked", "llguidance" ("" when cached)
         # A tokenizer may name more ids than the model has rows (Gemma 3's real one: 262,145 entries,
         # <image_soft_token> = 262144, for 262,144 rows): llguidance gets the tokenizer's size, and the
-        # decoder's masks never allow an id past the model's rows (gemmacli.grammar.Mask).
+        # decoder's masks never allow an id past the model's rows (gemmacli.engine.grammar.Mask).
         self.model_rows = int(n_vocab)
         self.n_vocab = max(int(n_vocab), tokenizer_size(encoder))
         self.eos_ids = tuple(int(e) for e in eos_ids)
@@ -82,7 +83,7 @@ class TokenizerBuild:
             self._thread.start()
 
     def _build(self) -> None:
-        from gemmacli import tokens
+        from gemmacli.engine import tokens
 
         start = time.perf_counter()
         try:
@@ -192,7 +193,7 @@ def compile_grammar(schema: dict, *, pretty: bool = False, closed: bool = True) 
 
 
 def lark_grammar(lark: str) -> Grammar:
-    """A grammar from llguidance's Lark syntax (gemmacli.spans writes one per document)."""
+    """A grammar from llguidance's Lark syntax (gemmacli.engine.spans writes one per document)."""
     from llguidance import LLMatcher
 
     grammar = LLMatcher.grammar_from_lark(lark)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from gemmacli.engine.examples import Examples
 from gemmacli.env import Environment
 from gemmacli.errors import (
     ExitStatus,
@@ -52,9 +53,8 @@ from gemmacli.errors import (
     Terminated,
     UsageError,
 )
-from gemmacli.examples import Examples
 from gemmacli.files import is_regular_or_new, json_bytes, write_atomically
-from gemmacli.inputs import Source, require_text
+from gemmacli.jobs.inputs import Source, require_text
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class ExtractOptions:
     schema: Any  # a dict or gemmacli.schema.LoadedSchema
     model: str
     lenient: bool = False
-    max_tokens: int | None = None  # None: sized from the schema (gemmacli.api.budget_for)
+    max_tokens: int | None = None  # None: sized from the schema (gemmacli.engine.extractor.budget_for)
     repeat_guard: bool = True
     spans: str = "annotated"
     examples: Examples = field(default_factory=Examples)
@@ -81,7 +81,8 @@ class ExtractOptions:
 
 
 class ExtractorLike(Protocol):
-    """What the batch layer needs from gemmacli.api.Extractor (tests pass a fake with this shape)."""
+    """What the batch layer needs from gemmacli.engine.extractor.Extractor (tests pass a fake with this
+    shape)."""
 
     model_name: str
     model_sha256: str
@@ -95,7 +96,7 @@ ExtractorFactory = Callable[[ExtractOptions], ExtractorLike]
 
 def build_extractor(options: ExtractOptions) -> ExtractorLike:
     """The real factory: load the model and compile the schema once for this process."""
-    from gemmacli.api import Extractor
+    from gemmacli.engine.extractor import Extractor
 
     return Extractor(
         options.schema,
@@ -142,7 +143,8 @@ def success_record(
     source_name: str, result: Any, extractor: ExtractorLike, with_meta: bool
 ) -> dict[str, Any]:
     """`{"source", "ok": true, "data"}`, plus model/schema hashes, token counts and time with --with-meta.
-    A value the repetition guard ended (gemmacli.loops) is reported in `warnings`, so it is never silent."""
+    A value the repetition guard ended (gemmacli.engine.loops) is reported in `warnings`, so it is never
+    silent."""
     record: dict[str, Any] = {"source": source_name, "ok": True, "data": result.data}
     repeats = list(getattr(result, "repeats", ()) or ())
     if repeats:
@@ -234,7 +236,7 @@ class JsonlFileSink:
     """Appends records to FILE, one write() per line (see the module docstring for why that resumes).
 
     FILE is opened without O_TRUNC and only then emptied (or, with `resume`, cut after its last whole
-    record), so a caller holding gemmacli.outfile.OutputLock has checked FILE before anything in it
+    record), so a caller holding gemmacli.jobs.outfile.OutputLock has checked FILE before anything in it
     changes. A FIFO or a device (`/dev/null`) is written through and never truncated or resumed.
     `retry_failed` drops the failed records first, so their sources are extracted again.
     """

@@ -5,7 +5,7 @@ Stages (one stderr line each, with its time):
   export     optimum, task text-generation-with-past (optimum stays the exporter)
   split      the decoder graph returns the final-normed hidden state of the last position only; the
              lm_head MatMul moves into its own lm_head.onnx (no [seq, 262144] logits on prefill)
-  fuse       gemmacli.fuse.fuse_attention (attention rewrite; keeps input/output names)
+  fuse       gemmacli.models.fuse.fuse_attention (attention rewrite; keeps input/output names)
   quantize   int4: MatMulNBits on every MatMul (the lm_head too), block 32|128, accuracy_level 4 by
              default (int8 activations: 1.5-2x faster here than fp32 compute). Model.logits_for mirrors
              the lm_head's arithmetic in numpy, so it equals Model.logits to float rounding either way.
@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from gemmacli import store
 from gemmacli.errors import ModelError, UsageError
+from gemmacli.models import store
 
 SUPPORTED_MODEL_TYPES = ("gemma3_text",)
 PRECISIONS = ("int4", "fp32")
@@ -438,7 +438,7 @@ def export_into(folder: Path, source: str, *, name: str, precision: str = "int4"
     """Export `source` into an existing (staging) folder and write its manifest. Returns the manifest."""
     import onnx
 
-    from gemmacli.fuse import fuse_attention
+    from gemmacli.models.fuse import fuse_attention
 
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -463,7 +463,7 @@ def export_into(folder: Path, source: str, *, name: str, precision: str = "int4"
             graph_path = work / "model.onnx"
             decoder = onnx.load(str(graph_path), load_external_data=True)
             decoder, lm_head = split_lm_head(decoder)
-        with stages.stage("fuse", "gemmacli.fuse.fuse_attention"):
+        with stages.stage("fuse", "gemmacli.models.fuse.fuse_attention"):
             decoder = fuse_attention(decoder, hf_config)
         quantization: dict[str, Any] = {"bits": 32, "format": "fp32"}
         if precision == "int4":

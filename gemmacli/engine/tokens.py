@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from gemmacli.files import write_atomically
-from gemmacli.store import cache_home
+from gemmacli.models.store import cache_home
 
 GEMMA_DECODERS = ["Replace", "ByteFallback", "Fuse"]
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -211,13 +211,14 @@ def build(tokenizer_json: str, sha256: str, n_vocab: int, eos_ids: Sequence[int]
 def prepare(folder: Path, environ: Mapping[str, str] | None = None) -> str:
     """Check and store the token table of a model folder's tokenizer now, so that the first `extract` with
     it already builds from the table; build()'s answer. `gemmacli model export|pull|synth` call it (not
-    through gemmacli.grammar.TokenizerBuild, whose per-process cache would skip a tokenizer built before)."""
+    through gemmacli.engine.grammar.TokenizerBuild, whose per-process cache would skip a tokenizer built
+    before)."""
     import hashlib
 
     from tokenizers import Tokenizer
 
-    from gemmacli.grammar import tokenizer_size
-    from gemmacli.store import ModelConfig
+    from gemmacli.engine.grammar import tokenizer_size
+    from gemmacli.models.store import ModelConfig
 
     config = ModelConfig.from_folder(folder)
     path = Path(folder) / "tokenizer.json"

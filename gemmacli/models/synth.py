@@ -291,7 +291,7 @@ def _structural_prior(model: Any, tokenizer_path: Path) -> list[int]:
 
 def _write_tokenizer_config(out_dir: Path) -> None:
     """So `AutoTokenizer.from_pretrained(checkpoint)` works (benchmarks, other exporters)."""
-    from gemmacli.store import GEMMA3_CHAT_TEMPLATE
+    from gemmacli.models.store import GEMMA3_CHAT_TEMPLATE
 
     config = {
         "tokenizer_class": "GemmaTokenizer",
@@ -310,7 +310,7 @@ CHECKPOINT_DIR = "source-checkpoint"
 
 def synthesize_into(folder: Path, *, name: str, size: str, seed: int = SEED, **export_options: Any) -> dict:
     """Build the random checkpoint in `folder/source-checkpoint/`, then export it into `folder`."""
-    from gemmacli.export import Stages, export_into
+    from gemmacli.models.export import Stages, export_into
 
     stages = Stages(export_options.get("report"))
     checkpoint = folder / CHECKPOINT_DIR
@@ -323,8 +323,8 @@ def synthesize_into(folder: Path, *, name: str, size: str, seed: int = SEED, **e
 
 def synthesize(name: str, size: str, destination: Path, *, force: bool = False, **options: Any) -> Path:
     """`gemmacli model synth`: the whole model folder, written atomically."""
-    from gemmacli.export import require_export_tools
-    from gemmacli.store import staging_folder
+    from gemmacli.models.export import require_export_tools
+    from gemmacli.models.store import staging_folder
 
     model_config(size, TRAINED_VOCAB)  # reject an unknown size before any work
     require_export_tools()  # exit 2 naming the pip command, not an ImportError from deep inside

@@ -4,7 +4,7 @@ A policy is a JSON Schema over the extracted object, so there is no new language
 jsonschema reports every violation with its path. This module owns the policy (loading, metaschema
 check), the evaluation of one extracted value, the per-file outcome model, and the loop that runs a
 set of sources through the cache and the extractor. The CLI layer (gemmacli.cli.check_cmd) only wires
-arguments, streams and exit codes around it; the report writers live in gemmacli.reports.
+arguments, streams and exit codes around it; the report writers live in gemmacli.jobs.reports.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from gemmacli.errors import (
     InputOutputError,
     SchemaError,
 )
-from gemmacli.inputs import require_text
+from gemmacli.jobs.inputs import require_text
 from gemmacli.schema import canonical_json, check_depth, check_patterns, join_pointer, schema_sha256
 
 PASS = "pass"
@@ -258,7 +258,7 @@ class FileOutcome:
     error: str | None = None
     error_kind: str | None = None  # "extraction" | "input"
     cached: bool = False
-    #: Values the repetition guard ended (gemmacli.loops): the policy judged a value cut short there.
+    #: Values the repetition guard ended (gemmacli.engine.loops): the policy judged a value cut short there.
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -340,7 +340,7 @@ class CheckSummary:
 
 
 class SourceLike(Protocol):
-    """What the runner needs of gemmacli.inputs.Source."""
+    """What the runner needs of gemmacli.jobs.inputs.Source."""
 
     name: str
     path: Path | None
@@ -349,7 +349,7 @@ class SourceLike(Protocol):
 
 
 class ExtractorLike(Protocol):
-    """What the runner needs of gemmacli.api.Extractor."""
+    """What the runner needs of gemmacli.engine.extractor.Extractor."""
 
     def extract(self, text: str) -> Any: ...
 
@@ -441,7 +441,7 @@ class CheckRunner:
             message = exc.message if isinstance(exc, GemmacliError) else str(exc)
             return FileOutcome(source=source.name, path=source.path, status=ERROR, error=message,
                                error_kind="input")
-        except ExtractionFailed as exc:  # empty: the rule `extract` applies too (gemmacli.inputs)
+        except ExtractionFailed as exc:  # empty: the rule `extract` applies too (gemmacli.jobs.inputs)
             return FileOutcome(source=source.name, path=source.path, status=ERROR, error=exc.message,
                                error_kind="extraction")
         if self.cache is not None:

@@ -1,6 +1,6 @@
 """Machine-readable `check` reports: JSON Lines, JUnit XML (test dashboards), SARIF 2.1.0 (code scanning).
 
-Each writer turns the per-file outcomes of gemmacli.check into bytes; the CLI puts them on stdout or
+Each writer turns the per-file outcomes of gemmacli.jobs.policy into bytes; the CLI puts them on stdout or
 writes them atomically with -o. Extracted values come from a model and may hold anything, so the XML
 writer strips characters XML 1.0 cannot carry instead of producing a file no parser accepts.
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from gemmacli import __version__
-from gemmacli.check import (
+from gemmacli.files import json_bytes
+from gemmacli.jobs.policy import (
     ERROR,
     EXTRACTION_ERROR_RULE,
     PASS,
@@ -26,7 +27,6 @@ from gemmacli.check import (
     Policy,
     Violation,
 )
-from gemmacli.files import json_bytes
 
 FORMATS = ("jsonl", "junit", "sarif")
 SARIF_SCHEMA_URI = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -110,7 +110,8 @@ def junit_report(outcomes: Sequence[FileOutcome], policy: Policy, *, allow_error
     ET.SubElement(properties, "property", name="policy", value=_xml_safe(policy.name))
     ET.SubElement(properties, "property", name="policy_sha256", value=policy.sha256)
     for outcome in outcomes:
-        case = ET.SubElement(suite, "testcase", classname="gemmacli.check", name=_xml_safe(outcome.source))
+        case = ET.SubElement(suite, "testcase", classname="gemmacli.jobs.policy",
+                             name=_xml_safe(outcome.source))
         if outcome.path is not None:
             case.set("file", _xml_safe(str(outcome.path)))
         if outcome.status == VIOLATION:

@@ -27,8 +27,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gemmacli import store
 from gemmacli.errors import ModelError, UsageError
+from gemmacli.models import store
 
 DEFAULT_REPO = "onnx-community/gemma-3-270m-it-ONNX"
 HUB_NAMES = ("gemma-3-270m-it",)  # names whose default source is the Hub
@@ -116,7 +116,7 @@ def convert(downloaded: Path, folder: Path) -> dict[str, Any]:
     import onnx
     from onnx import helper
 
-    from gemmacli.export import (
+    from gemmacli.models.export import (
         DEFAULT_ACCURACY_LEVEL,
         DEFAULT_BLOCK_SIZE,
         model_config_for,
@@ -163,8 +163,8 @@ def pull_model(destination: Path, *, repo: str = DEFAULT_REPO, revision: str = "
                environ: Mapping[str, str] | None = None,
                report: Callable[[str], None] | None = None) -> Path:
     """Download, convert, check and install a prebuilt model at `destination` (atomically)."""
-    from gemmacli.export import Stages
-    from gemmacli.runtime import Model
+    from gemmacli.engine.runtime import Model
+    from gemmacli.models.export import Stages
 
     env = os.environ if environ is None else environ
     stages = Stages(report)

@@ -2,7 +2,7 @@
 
 Two users: the Extractor sizes its token budget from the smallest output (a schema with 113 required
 objects cannot be answered in 1024 tokens, and should not spend them finding out), and the repetition
-guard (gemmacli.loops) leads a looping model out through the shortest text a pattern allows. Both are
+guard (gemmacli.engine.loops) leads a looping model out through the shortest text a pattern allows. Both are
 estimates from below: what cannot be read (a lookaround, an unresolvable $ref, a recursion) counts as the
 shortest JSON value, `0`, and of `allOf` parts only the largest counts, so a schema is refused only for a
 size its required fields really have.

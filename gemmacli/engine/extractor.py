@@ -25,7 +25,7 @@ class Extractor:
 
 def extract(text, schema, *, model=None, **options) -> ExtractionResult
 
-model=None: $GEMMACLI_MODEL, else the best installed model (gemmacli.store.default_model).
+model=None: $GEMMACLI_MODEL, else the best installed model (gemmacli.models.store.default_model).
 
 max_tokens=None sizes the budget from the schema: max(1024, 2 x its smallest output + 64), at most half the
 model's context. A schema whose smallest output does not fit the budget is refused up front (SchemaError, 3).
@@ -33,10 +33,10 @@ model's context. A schema whose smallest output does not fit the budget is refus
 Additions (backward compatible): Extractor(..., pretty=False) asks the model for bounded pretty whitespace;
 Extractor(..., prefix_cache=True) reuses the KV cache of the prompt's head (instruction + field guide);
 ExtractionResult also carries `model_seconds` (inside onnxruntime), `truncated`, `warnings` and `repeats`
-(loops the repetition guard, gemmacli.loops, led the model out of: the values it cut short);
+(loops the repetition guard, gemmacli.engine.loops, led the model out of: the values it cut short);
 Extractor.timings records the llguidance tokenizer build/wait seconds.
 
-Speed: the `gemmacli` executable sets GEMMACLI_PROCESS_THREAD_POOL=1 (gemmacli.runtime: one onnxruntime
+Speed: the `gemmacli` executable sets GEMMACLI_PROCESS_THREAD_POOL=1 (gemmacli.engine.runtime: one onnxruntime
 pool for the decoder and lm_head sessions; 0.31 against 0.34 s per document in bench/bench_extract.py). A
 library caller gets per-session pools unless it sets the variable itself before the first model loads.
 """
@@ -52,11 +52,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gemmacli import store
-from gemmacli.decoder import DecodeOptions, decode
-from gemmacli.errors import ExtractionFailed, ModelError, SchemaError, UsageError
-from gemmacli.examples import Examples
-from gemmacli.grammar import (
+from gemmacli.engine.decoder import DecodeOptions, decode
+from gemmacli.engine.examples import Examples
+from gemmacli.engine.grammar import (
     TokenizerBuild,
     close_objects,
     compile_grammar,
@@ -64,13 +62,15 @@ from gemmacli.grammar import (
     lark_grammar,
     new_matcher,
 )
-from gemmacli.prompt import Demonstration, Prompt, count_tokens, encode_prompt
+from gemmacli.engine.prompt import Demonstration, Prompt, count_tokens, encode_prompt
+from gemmacli.engine.spans import MODES, has_spans, span_grammar
+from gemmacli.errors import ExtractionFailed, ModelError, SchemaError, UsageError
+from gemmacli.models import store
 from gemmacli.schema import LoadedSchema, canonical_json, check_schema, join_pointer, schema_sha256
-from gemmacli.sizing import smallest_json, string_hints
-from gemmacli.spans import MODES, has_spans, span_grammar
+from gemmacli.schema.sizing import smallest_json, string_hints
 
 if TYPE_CHECKING:
-    from gemmacli.runtime import Model
+    from gemmacli.engine.runtime import Model
 
 #: The budget when the user sets none, unless the schema's smallest output asks for more (`budget_for`).
 DEFAULT_MAX_TOKENS = 1024
@@ -88,7 +88,8 @@ class ExtractionResult:
     model_seconds: float = 0.0
     truncated: bool = False
     warnings: list[str] = field(default_factory=list)
-    #: Loops the repetition guard ended (gemmacli.loops): those values are the model's output cut short.
+    #: Loops the repetition guard ended (gemmacli.engine.loops): those values are the model's output, cut
+    #: short.
     repeats: list[str] = field(default_factory=list)
 
 
@@ -151,7 +152,7 @@ class Extractor:
         self.grammar = compile_grammar(compile_schema, pretty=pretty)
         if spans not in MODES:
             raise UsageError(f"spans must be one of {', '.join(MODES)}, not {spans!r}")
-        # Span fields (gemmacli.spans): a grammar per document, holding its text. Compact output only.
+        # Span fields (gemmacli.engine.spans): a grammar per document, holding its text. Compact output only.
         self._span_schema = close_objects(compile_schema) if not pretty else None
         spanned = self._span_schema is not None and has_spans(self._span_schema, spans)
         self._spans = spans if spanned else "none"
@@ -162,15 +163,15 @@ class Extractor:
             model = store.default_model()
         folder, config = self._model_folder(model)
         if isinstance(model, (str, Path)):
-            from gemmacli.runtime import Model
+            from gemmacli.engine.runtime import Model
 
             t0 = time.perf_counter()
             self.model = Model.load(folder, threads=threads)
             self.timings["model_load"] = time.perf_counter() - t0
         else:
             self.model = model
-        # llguidance's token table: built on a thread during the first prefill (gemmacli.grammar), from
-        # a cached table of the model's own tokenizer where it is Gemma's (gemmacli.tokens).
+        # llguidance's token table: built on a thread during the first prefill (gemmacli.engine.grammar), from
+        # a cached table of the model's own tokenizer where it is Gemma's (gemmacli.engine.tokens).
         self._tokenizer_build = TokenizerBuild(folder / "tokenizer.json", config.vocab_size,
                                                list(config.eos_token_ids),
                                                encoder=getattr(self.model, "tokenizer", None),
@@ -178,7 +179,8 @@ class Extractor:
         manifest = getattr(self.model, "manifest", None) or {}
         self.model_name = str(manifest.get("name") or Path(self.model.folder).name)
         files = manifest.get("files")
-        # The decoder graph's hash (gemmacli.runtime.Model.sha256), else a hash over the manifest's files.
+        # The decoder graph's hash (gemmacli.engine.runtime.Model.sha256), else a hash over the manifest's
+        # files.
         self.model_sha256 = str(getattr(self.model, "sha256", "") or "") or (
             hashlib.sha256(canonical_json(files).encode("utf-8")).hexdigest()
             if files else ""
@@ -193,18 +195,18 @@ class Extractor:
     @staticmethod
     def _model_folder(model: Any) -> tuple[Path, Any]:
         if isinstance(model, (str, Path)):
-            from gemmacli.store import ModelConfig, resolve_model
+            from gemmacli.models.store import ModelConfig, resolve_model
 
             folder = resolve_model(model)
             return folder, ModelConfig.from_folder(folder)
         folder = getattr(model, "folder", None)
         config = getattr(model, "config", None)
         if folder is None or config is None:
-            raise ModelError("model must be a name, a folder or a gemmacli.runtime.Model")
+            raise ModelError("model must be a name, a folder or a gemmacli.engine.runtime.Model")
         return Path(folder), config
 
     def _new_matcher(self, text: str) -> Any:
-        """The schema's matcher (reused, reset), or one bound to this text's spans (gemmacli.spans)."""
+        """The schema's matcher (reused, reset), or one bound to this text's spans (gemmacli.engine.spans)."""
         tokenizer = self._tokenizer_build.result()
         if self._spans != "none" and self._span_schema is not None:
             lark = span_grammar(self._span_schema, text, self._spans)
@@ -251,7 +253,7 @@ class Extractor:
                                examples_in_head=not self.examples.per_text,
                                truncate=self.truncate)
         # In the first document of a process llguidance builds its token table during the prefill
-        # (gemmacli.grammar.TokenizerBuild); later documents find it cached.
+        # (gemmacli.engine.grammar.TokenizerBuild); later documents find it cached.
         self._tokenizer_build.start()
         cache, hidden, calls, model_seconds = self._prefill(prompt)
         matcher = self._new_matcher(text)
