@@ -34,14 +34,18 @@ class Terminated(KeyboardInterrupt):
 
 
 class GemmacliError(Exception):
-    """Base class: a message for a person, an optional hint (often the command that fixes it)."""
+    """Base class: a message for a person, an optional hint (often the command that fixes it), and the
+    library option at fault when there is one (`max_tokens`): the CLI words it as its flag, so the
+    library's messages name options the way a Python caller passes them."""
 
     exit_status: ExitStatus = ExitStatus.FAILED
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None,
+                 option: str | tuple[str, ...] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.option = option
 
 
 class ExtractionFailed(GemmacliError):
@@ -51,6 +55,9 @@ class ExtractionFailed(GemmacliError):
 
 
 class UsageError(GemmacliError):
+    """A wrong option or argument. `option` names the library option at fault (`max_tokens`), so the CLI
+    can word it as its flag (`--max-tokens`) while the library's message stays free of flags."""
+
     exit_status = ExitStatus.USAGE
 
 
@@ -59,8 +66,9 @@ class SchemaError(GemmacliError):
 
     exit_status = ExitStatus.SCHEMA
 
-    def __init__(self, message: str, *, pointer: str | None = None, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
+    def __init__(self, message: str, *, pointer: str | None = None, hint: str | None = None,
+                 option: str | tuple[str, ...] | None = None) -> None:
+        super().__init__(message, hint=hint, option=option)
         self.pointer = pointer
 
 

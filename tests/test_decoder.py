@@ -146,8 +146,8 @@ def test_max_tokens_exhausted_is_a_failure_never_a_truncated_json(model: Any) ->
     with pytest.raises(ExtractionFailed) as info:
         run(model, FIVE, max_tokens=smallest + 2)
     assert info.value.exit_status == ExitStatus.FAILED
-    assert f"--max-tokens {smallest + 2}" in info.value.message
-    assert info.value.hint == "raise --max-tokens"
+    assert f"max_tokens {smallest + 2}" in info.value.message and info.value.option == "max_tokens"
+    assert info.value.hint == "raise max_tokens"  # the CLI words it as --max-tokens (cli.core.as_flag)
 
 
 def test_a_budget_below_the_schemas_smallest_output_is_refused_before_any_decoding(model: Any) -> None:
@@ -156,8 +156,8 @@ def test_a_budget_below_the_schemas_smallest_output_is_refused_before_any_decodi
         Extractor(FIVE, model=model, max_tokens=4)
     assert info.value.exit_status == ExitStatus.SCHEMA
     assert "smallest JSON this schema allows" in info.value.message
-    assert "--max-tokens is 4" in info.value.message
-    assert info.value.hint is not None and "raise --max-tokens to at least" in info.value.hint
+    assert "max_tokens is 4" in info.value.message and info.value.option == "max_tokens"
+    assert info.value.hint is not None and "raise max_tokens to at least" in info.value.hint
 
 
 def test_the_default_budget_grows_with_the_schemas_smallest_output(model: Any) -> None:
@@ -560,10 +560,10 @@ SCRIPTS: dict[str, tuple[dict[str, Any], dict[str, Any], list[int], Any]] = {
     "empty_prompt": ({"script": [{1, 2}]}, {}, [], "nothing to decode from: empty prompt"),
     "budget_after_a_mask_forced_token": (
         {"script": [{5}, {6}]}, {"max_tokens": 1}, [9],
-        "the model did not finish the JSON within --max-tokens 1 tokens; no partial output is given"),
+        "the model did not finish the JSON within max_tokens 1 tokens; no partial output is given"),
     "budget_before_jump_forward": (
         {"script": [{5}, {5}], "ff": [5, 5]}, {"max_tokens": 1}, [9],
-        "the model did not finish the JSON within --max-tokens 1 tokens; no partial output is given"),
+        "the model did not finish the JSON within max_tokens 1 tokens; no partial output is given"),
     "no_next_token": ({"script": [set()]}, {}, [9], "the grammar allows no next token: dead end"),
     "engine_error": ({"script": [{1}], "error": True}, {}, [9],
                      "the grammar engine stopped with an error: scripted error"),

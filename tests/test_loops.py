@@ -122,7 +122,7 @@ def test_a_looping_model_ends_in_valid_json_and_the_result_says_where(model: Any
 def test_without_the_guard_the_same_loop_spends_the_budget(model: Any, name: str) -> None:
     with pytest.raises(ExtractionFailed) as info:
         Extractor(looping_schema(name), model=model, repeat_guard=False).extract(TEXT)
-    assert "--max-tokens" in info.value.message
+    assert "max_tokens" in info.value.message and info.value.option == "max_tokens"
 
 
 def test_the_guard_leaves_output_that_never_loops_alone(model: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -132,14 +133,22 @@ def raw_main(argv: Sequence[str] | None, env: Environment) -> ExitStatus:
         return ExitStatus.IO
 
 
+def as_flag(message: str, option: str | tuple[str, ...] | None) -> str:
+    """The library names options (`max_tokens`); the command line knows them as flags (`--max-tokens`)."""
+    for name in (option,) if isinstance(option, str) else option or ():
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}\b", "--" + name.replace("_", "-"), message)
+    return message
+
+
 def _report(env: Environment, exc: GemmacliError) -> None:
-    message = exc.message
+    message = as_flag(exc.message, getattr(exc, "option", None))
     pointer = getattr(exc, "pointer", None)
     if pointer is not None:
         message = f"{message} (at {pointer or '/'})"
     env.console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
     if exc.hint:
-        env.console.print(f"[dim]hint:[/dim] {escape(exc.hint)}", highlight=False)
+        hint = as_flag(exc.hint, getattr(exc, "option", None))
+        env.console.print(f"[dim]hint:[/dim] {escape(hint)}", highlight=False)
 
 
 def silence_stdout(env: Environment) -> None:

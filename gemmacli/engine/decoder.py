@@ -445,7 +445,8 @@ class _Decoding:
     def _check_budget(self, adding: int) -> None:
         """The one budget check: the output may not grow past max_tokens. Failing beats a cut JSON."""
         if len(self.out) + adding > self.options.max_tokens:
-            raise self._fail(_budget_message(self.options.max_tokens))
+            raise self._fail(_budget_message(self.options.max_tokens), hint="raise max_tokens",
+                             option="max_tokens")
 
     def _result(self) -> DecodeResult:
         """The finished output: the grammar must accept it, and it must be whole UTF-8."""
@@ -462,9 +463,9 @@ class _Decoding:
         return DecodeResult(self.out, text, self.generated, self.forced, self.model_calls, seconds,
                             self.model_seconds, self.small, self.full, self.sizes, self.repeats)
 
-    def _fail(self, why: str) -> ExtractionFailed:
+    def _fail(self, why: str, *, hint: str | None = None, option: str | None = None) -> ExtractionFailed:
         """The failure to raise, with the output so far for whoever reports it."""
-        exc = ExtractionFailed(why, hint="raise --max-tokens" if "max-tokens" in why else None)
+        exc = ExtractionFailed(why, hint=hint, option=option)
         partial = self.tokenizer.decode_bytes(self.out).decode("utf-8", errors="replace")
         exc.partial_text = partial  # type: ignore[attr-defined]
         return exc
@@ -516,5 +517,5 @@ def _one_text(ids: np.ndarray, tokenizer: DecoderTokenizer, most: int = 8) -> bo
 
 def _budget_message(max_tokens: int) -> str:
     """What a spent budget says: the fix is a larger one."""
-    return (f"the model did not finish the JSON within --max-tokens {max_tokens} tokens; "
+    return (f"the model did not finish the JSON within max_tokens {max_tokens} tokens; "
             "no partial output is given")

@@ -53,7 +53,8 @@ class Examples:
 
     def __post_init__(self) -> None:
         if self.select not in SELECTIONS:
-            raise UsageError(f"--select must be one of {', '.join(SELECTIONS)}, not {self.select!r}")
+            raise UsageError(f"select must be one of {', '.join(SELECTIONS)}, not {self.select!r}",
+                             option="select")
         if self.select == "similar" and not self.idf:
             counts: Counter[str] = Counter()
             for example in self.pool:
@@ -108,7 +109,7 @@ def load_examples(source: ExampleSource, schema: dict,
                   shots: int = DEFAULT_SHOTS) -> tuple[Demonstration, ...]:
     """The first `shots` records of the file as demonstrations; every label checked against the schema."""
     if shots < 0:
-        raise UsageError(f"--shots must be 0 or more, not {shots}")
+        raise UsageError(f"shots must be 0 or more, not {shots}", option="shots")
     records = _read_records(source.path)
     validator = _validator(schema)
     found: list[Demonstration] = []

@@ -45,15 +45,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gemmacli.engine.config import ExtractionConfig
 from gemmacli.engine.decoder import DecodeOptions, decode
-from gemmacli.engine.examples import Examples
 from gemmacli.engine.grammar import (
     TokenizerBuild,
     close_objects,
@@ -62,8 +61,8 @@ from gemmacli.engine.grammar import (
     lark_grammar,
     new_matcher,
 )
-from gemmacli.engine.prompt import Demonstration, Prompt, count_tokens, encode_prompt
-from gemmacli.engine.spans import MODES, has_spans, span_grammar
+from gemmacli.engine.prompt import Prompt, count_tokens, encode_prompt
+from gemmacli.engine.spans import has_spans, span_grammar
 from gemmacli.errors import ExtractionFailed, ModelError, SchemaError, UsageError
 from gemmacli.models import store
 from gemmacli.schema import LoadedSchema, canonical_json, check_schema, join_pointer, schema_sha256
@@ -102,95 +101,89 @@ def _validator(schema: dict) -> Any:
     return cls(schema)
 
 
+def _schema_of(schema: dict | LoadedSchema) -> tuple[dict, str]:
+    """(the schema, its sha256) from a dict or a LoadedSchema; SchemaError for anything else."""
+    if isinstance(schema, LoadedSchema):
+        return schema.schema, schema.sha256
+    if isinstance(schema, dict):
+        return schema, schema_sha256(schema)
+    raise SchemaError(f"a schema must be a JSON object, not {type(schema).__name__}", pointer="")
+
+
 class Extractor:
     """Loads the model and compiles the schema once; call .extract(text) many times (batches)."""
 
-    def __init__(
-        self,
-        schema: dict | LoadedSchema,
-        *,
-        model: Model | str | Path | None = None,
-        lenient: bool = False,
-        max_tokens: int | None = None,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        instructions: str | None = None,
-        truncate: bool = False,
-        threads: int | None = None,
-        warn: Callable[[str], None] | None = None,
-        pretty: bool = False,
-        prefix_cache: bool = True,
-        repeat_guard: bool = True,
-        spans: str = "annotated",
-        examples: Examples | Sequence[Demonstration] = (),
-    ) -> None:
-        if isinstance(schema, LoadedSchema):
-            self.schema: dict = schema.schema
-            self.schema_sha256 = schema.sha256
-        elif isinstance(schema, dict):
-            self.schema = schema
-            self.schema_sha256 = schema_sha256(schema)
-        else:
-            raise SchemaError(f"a schema must be a JSON object, not {type(schema).__name__}", pointer="")
-        if max_tokens is not None and max_tokens < 1:
-            raise UsageError(f"--max-tokens must be at least 1, not {max_tokens}")
-        if not math.isfinite(temperature) or temperature < 0 or not 0 < top_p <= 1:  # nan fails both
-            raise UsageError("--temperature must be >= 0 and --top-p in (0, 1]")
-        self.instructions = instructions
-        self.examples = examples if isinstance(examples, Examples) else Examples(tuple(examples),
-                                                                                  len(examples))
-        self.truncate = truncate
+    def __init__(self, schema: dict | LoadedSchema, *, model: Model | str | Path | None = None,
+                 config: ExtractionConfig | None = None, warn: Callable[[str], None] | None = None,
+                 **options: Any) -> None:
+        """`config` (gemmacli.engine.config.ExtractionConfig), or its fields as keyword `options`;
+        `warn` receives the --lenient warnings. The schema is checked before any model work (a bad one is
+        exit 3 at once), then the model loads (or `model`, a loaded Model, is used as it is)."""
+        self.config = config if config is not None else ExtractionConfig.from_options(**options)
+        if config is not None and options:
+            raise TypeError("pass either config or keyword options, not both")
+        self.schema, self.schema_sha256 = _schema_of(schema)
+        self.examples = self.config.examples
         self.timings: dict[str, float] = {}
+        self._prepare_schema(warn)
+        self._load_model(model)
+        self.smallest_tokens, self.max_tokens = budget_for(self.schema, self.model, self.config.max_tokens)
+        self.options = DecodeOptions(max_tokens=self.max_tokens, temperature=self.config.temperature,
+                                     top_p=self.config.top_p, seed=self.config.seed,
+                                     repeat_guard=self.config.repeat_guard)
+        self._matcher: Any = None
+        self._prefix: tuple[tuple[int, ...], Any] | None = None  # head ids -> KV cache after them
 
-        # The schema first: a bad schema is exit 3 before any model work.
-        compile_schema, self.warnings = check_schema(self.schema, lenient=lenient,
+    # Kept as attributes: batch and benchmark code read them.
+    @property
+    def instructions(self) -> str | None:
+        return self.config.instructions
+
+    @property
+    def truncate(self) -> bool:
+        return self.config.truncate
+
+    def _prepare_schema(self, warn: Callable[[str], None] | None) -> None:
+        """Check the schema once (warnings to `warn`), compile its grammar, and ready the span schema,
+        the validator and the string hints the repetition guard completes values from."""
+        pretty = self.config.pretty
+        compile_schema, self.warnings = check_schema(self.schema, lenient=self.config.lenient,
                                                      options=json_options(pretty))
-        for message in self.warnings:
-            if warn is not None:
-                warn(message)
+        for message in self.warnings if warn is not None else ():
+            warn(message)
         self.grammar = compile_grammar(compile_schema, pretty=pretty)
-        if spans not in MODES:
-            raise UsageError(f"spans must be one of {', '.join(MODES)}, not {spans!r}")
         # Span fields (gemmacli.engine.spans): a grammar per document, holding its text. Compact output only.
         self._span_schema = close_objects(compile_schema) if not pretty else None
-        spanned = self._span_schema is not None and has_spans(self._span_schema, spans)
-        self._spans = spans if spanned else "none"
+        spanned = self._span_schema is not None and has_spans(self._span_schema, self.config.spans)
+        self._spans = self.config.spans if spanned else "none"
         self._validate = _validator(self.schema)
         self._hints = string_hints(self.schema)
 
+    def _load_model(self, model: Model | str | Path | None) -> None:
+        """The model (loaded here when named), its llguidance tokenizer build, and its identity."""
         if model is None:
             model = store.default_model()
-        folder, config = self._model_folder(model)
+        folder, model_config = self._model_folder(model)
         if isinstance(model, (str, Path)):
             from gemmacli.engine.runtime import Model
 
             t0 = time.perf_counter()
-            self.model = Model.load(folder, threads=threads)
+            self.model = Model.load(folder, threads=self.config.threads)
             self.timings["model_load"] = time.perf_counter() - t0
         else:
             self.model = model
-        # llguidance's token table: built on a thread during the first prefill (gemmacli.engine.grammar), from
-        # a cached table of the model's own tokenizer where it is Gemma's (gemmacli.engine.tokens).
-        self._tokenizer_build = TokenizerBuild(folder / "tokenizer.json", config.vocab_size,
-                                               list(config.eos_token_ids),
+        # llguidance's token table: built on a thread during the first prefill (gemmacli.engine.grammar),
+        # from a cached table of the model's own tokenizer where it is Gemma's (gemmacli.engine.tokens).
+        self._tokenizer_build = TokenizerBuild(folder / "tokenizer.json", model_config.vocab_size,
+                                               list(model_config.eos_token_ids),
                                                encoder=getattr(self.model, "tokenizer", None),
-                                               bos=getattr(config, "bos_token_id", 2))
+                                               bos=getattr(model_config, "bos_token_id", 2))
         manifest = getattr(self.model, "manifest", None) or {}
         self.model_name = str(manifest.get("name") or Path(self.model.folder).name)
         files = manifest.get("files")
-        # The decoder graph's hash (gemmacli.engine.runtime.Model.sha256), else a hash over the manifest's
-        # files.
+        # The decoder graph's hash (runtime.Model.sha256), else a hash over the manifest's files.
         self.model_sha256 = str(getattr(self.model, "sha256", "") or "") or (
-            hashlib.sha256(canonical_json(files).encode("utf-8")).hexdigest()
-            if files else ""
-        )
-        self.smallest_tokens, self.max_tokens = budget_for(self.schema, self.model, max_tokens)
-        self.options = DecodeOptions(max_tokens=self.max_tokens, temperature=temperature, top_p=top_p,
-                                     seed=seed, repeat_guard=repeat_guard)
-        self._matcher: Any = None
-        self._prefix: tuple[tuple[int, ...], Any] | None = None  # head ids -> KV cache after them
-        self._prefix_cache = prefix_cache
+            hashlib.sha256(canonical_json(files).encode("utf-8")).hexdigest() if files else "")
 
     @staticmethod
     def _model_folder(model: Any) -> tuple[Path, Any]:
@@ -238,7 +231,7 @@ class Extractor:
             if head:
                 model.forward(cache, list(head))
                 calls += 1
-                if self._prefix_cache and callable(getattr(cache, "copy", None)):
+                if self.config.prefix_cache and callable(getattr(cache, "copy", None)):
                     self._prefix = (head, cache.copy())
         hidden = model.forward(cache, body)
         return cache, hidden, calls + 1, seconds + time.perf_counter() - t0
@@ -293,17 +286,19 @@ def budget_for(schema: dict, model: Any, max_tokens: int | None) -> tuple[int, i
     smallest = count_tokens(model.tokenizer, smallest_json(schema))
     context = int(getattr(model.config, "context_length", 32768))
     if max_tokens is not None and max_tokens >= context:
-        raise UsageError(f"--max-tokens {max_tokens} does not fit this model's context of {context} tokens",
-                         hint=f"use at most {context // 2}, or leave it out to size it from the schema")
+        raise UsageError(f"max_tokens {max_tokens} does not fit this model's context of {context} tokens",
+                         hint=f"use at most {context // 2}, or leave it out to size it from the schema",
+                         option="max_tokens")
     budget = max_tokens if max_tokens is not None else min(max(DEFAULT_MAX_TOKENS, 2 * smallest + 64),
                                                            context // 2)
     if smallest > budget:
-        where = (f"--max-tokens is {budget}" if max_tokens is not None
+        where = (f"max_tokens is {budget}" if max_tokens is not None
                  else f"the budget is {budget} tokens, half of this model's {context}-token context")
-        hint = (f"raise --max-tokens to at least {smallest}" if max_tokens is not None and smallest < context
+        hint = (f"raise max_tokens to at least {smallest}" if max_tokens is not None and smallest < context
                 else "split the schema, or make fewer fields required")
         raise SchemaError(f"the smallest JSON this schema allows (its required fields, at their shortest) "
-                          f"takes about {smallest} tokens, and {where}", hint=hint)
+                          f"takes about {smallest} tokens, and {where}", hint=hint,
+                          option="max_tokens" if max_tokens is not None else None)
     return smallest, budget
 
 

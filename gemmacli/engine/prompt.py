@@ -243,7 +243,8 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
         raise ExtractionFailed(
             f"the input is too long: the prompt is {size} tokens and {max_tokens} more are "
             f"reserved for the answer, but the model's context holds {context}",
-            hint="pass --truncate to cut the text to fit, or lower --max-tokens",
+            hint="use truncate to cut the text to fit, or lower max_tokens",
+            option=("truncate", "max_tokens"),
         )
     level = next((i for i in range(len(GUIDE_LEVELS)) if len(head_ids(i)) < budget // 2),
                  len(GUIDE_LEVELS) - 1)
