@@ -65,7 +65,14 @@ from gemmacli.engine.prompt import Prompt, count_tokens, encode_prompt
 from gemmacli.engine.spans import has_spans, span_grammar
 from gemmacli.errors import ExtractionFailed, ModelError, SchemaError, UsageError
 from gemmacli.models import store
-from gemmacli.schema import LoadedSchema, canonical_json, check_schema, join_pointer, schema_sha256
+from gemmacli.schema import (
+    LoadedSchema,
+    canonical_json,
+    check_schema,
+    join_pointer,
+    load_schema,
+    schema_sha256,
+)
 from gemmacli.schema.sizing import smallest_json, string_hints
 
 if TYPE_CHECKING:
@@ -101,8 +108,11 @@ def _validator(schema: dict) -> Any:
     return cls(schema)
 
 
-def _schema_of(schema: dict | LoadedSchema) -> tuple[dict, str]:
-    """(the schema, its sha256) from a dict or a LoadedSchema; SchemaError for anything else."""
+def _schema_of(schema: dict | LoadedSchema | str) -> tuple[dict, str]:
+    """(the schema, its sha256) from a dict, a LoadedSchema, or a string as `gemmacli.load_schema` reads
+    one (a file, inline JSON, a bundled name, the concise syntax); SchemaError for anything else."""
+    if isinstance(schema, str):
+        schema = load_schema(schema)
     if isinstance(schema, LoadedSchema):
         return schema.schema, schema.sha256
     if isinstance(schema, dict):
@@ -113,7 +123,7 @@ def _schema_of(schema: dict | LoadedSchema) -> tuple[dict, str]:
 class Extractor:
     """Loads the model and compiles the schema once; call .extract(text) many times (batches)."""
 
-    def __init__(self, schema: dict | LoadedSchema, *, model: Model | str | Path | None = None,
+    def __init__(self, schema: dict | LoadedSchema | str, *, model: Model | str | Path | None = None,
                  config: ExtractionConfig | None = None, warn: Callable[[str], None] | None = None,
                  **options: Any) -> None:
         """`config` (gemmacli.engine.config.ExtractionConfig), or its fields as keyword `options`;
@@ -302,7 +312,7 @@ def budget_for(schema: dict, model: Any, max_tokens: int | None) -> tuple[int, i
     return smallest, budget
 
 
-def extract(text: str, schema: dict | LoadedSchema, *, model: Model | str | Path | None = None,
+def extract(text: str, schema: dict | LoadedSchema | str, *, model: Model | str | Path | None = None,
             **options: Any) -> ExtractionResult:
     """One-shot convenience: build an Extractor and extract one document."""
     return Extractor(schema, model=model, **options).extract(text)
