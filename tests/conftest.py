@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from extras import requires_torch
 
 FIXTURE_VERSION = "tiny-1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -73,9 +74,13 @@ def _prune_stale_recipes(keep: Path, max_age_s: float = 86400) -> None:
 
 
 def build_cached_model(label: str, **options: object) -> Path:
-    """Synthesize a tiny model into the shared cache unless an identical recipe already built it."""
+    """Synthesize a tiny model into the shared cache unless an identical recipe already built it (that
+    needs torch; a model already in the cache does not)."""
     from gemmacli.models.synth import synthesize
 
+    root = _cache_root() / _recipe_key()
+    if not (root / f"{label}.done").is_file():
+        requires_torch(f"building the tiny test model {label!r}")
     return build_cached(label, lambda folder: synthesize(label, "tiny", folder, **options))
 
 
@@ -113,3 +118,15 @@ def _no_checkout_store(monkeypatch: pytest.MonkeyPatch) -> None:
     from gemmacli.models import store
 
     monkeypatch.setattr(store, "checkout_models_dir", lambda: None)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`@pytest.mark.torch` tests skip cleanly without torch and transformers (see tests/extras.py)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None:
+        return
+    skip = pytest.mark.skip(reason="needs torch and transformers: pip install -e '.[dev]'")
+    for item in items:
+        if item.get_closest_marker("torch"):
+            item.add_marker(skip)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from extras import requires_torch
 
 if TYPE_CHECKING:
     from gemmacli.models.gguf_file import GGUFModel
@@ -335,6 +336,7 @@ def hf_state_dict(model: GGUFModel, layers: int) -> dict[str, np.ndarray]:
 
 def transformers_from_gguf(model: GGUFModel, config: dict[str, Any] | None = None) -> Any:
     """fp32, eager-attention Gemma3ForCausalLM holding exactly the GGUF's de-quantized weights."""
+    requires_torch("a transformers reference")
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 

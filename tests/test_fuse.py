@@ -19,6 +19,8 @@ from conftest import build_cached
 from gemmacli.models import export
 from gemmacli.models.fuse import FuseError, _rope_params, fuse_attention
 
+pytestmark = pytest.mark.torch  # every test here runs torch or transformers
+
 # tokens per call: a short prefill, a forced chunk, then decoding past the 16-token window; and a prefill
 # longer than two windows followed by a chunk that crosses the window cache's eviction point
 STREAMS = {"short-prefill": [7, 3] + [1] * 34, "long-prefill": [40, 1, 1, 5, 1, 9, 1, 1]}

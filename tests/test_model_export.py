@@ -13,6 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 from gemmacli.errors import ModelError, UsageError
 from gemmacli.models.export import HIDDEN_OUTPUT, check_architecture, save_graph, split_lm_head
 
+pytestmark = pytest.mark.torch  # every test here runs torch or transformers
+
 HIDDEN, VOCAB = 8, 24
 
 

@@ -26,6 +26,7 @@ def int4_model(tiny_model_dir: Path) -> Model:
     return Model.load(tiny_model_dir, threads=1)
 
 
+@pytest.mark.torch
 def test_greedy_matches_transformers_beyond_the_sliding_window(fp32_model: Model,
                                                                 tiny_fp32_model_dir: Path) -> None:
     torch = pytest.importorskip("torch")
@@ -46,6 +47,7 @@ def test_greedy_matches_transformers_beyond_the_sliding_window(fp32_model: Model
     assert len(set(ours)) > 1, "random weights should not produce one repeated token"
 
 
+@pytest.mark.torch
 def test_hidden_state_matches_transformers(fp32_model: Model, tiny_fp32_model_dir: Path) -> None:
     torch = pytest.importorskip("torch")
     from transformers import AutoModelForCausalLM

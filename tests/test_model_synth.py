@@ -18,6 +18,8 @@ from gemmacli.models.synth import (
     train_tokenizer,
 )
 
+pytestmark = pytest.mark.torch  # every test here runs torch or transformers
+
 SPECIALS = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<start_of_turn>": 105, "<end_of_turn>": 106}
 
 
