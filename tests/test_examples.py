@@ -115,3 +115,11 @@ def test_similar_selection_picks_per_text_and_keeps_the_head_cacheable(tiny_mode
         body = tokenizer.decode(prompt.ids[prompt.prefix_len:], skip_special_tokens=False)
         assert body.startswith(f"Text: {chosen[0].text}") and f"Text: {text}\nJSON:" in body
     assert len(heads) == 1
+
+
+def test_records_may_hold_unicode_line_separators(tmp_path: Path) -> None:
+    """JSON allows a raw U+2028 inside a string (the shared sentiment data has some): one record, one line."""
+    path = tmp_path / "ex.jsonl"
+    path.write_text(json.dumps({"text": "a\u2028b", "label": {"name": "a", "age": None}},
+                               ensure_ascii=False) + "\n", encoding="utf-8")
+    assert [e.text for e in load_examples(ExampleSource(path), SCHEMA)] == ["a\u2028b"]

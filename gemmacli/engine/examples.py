@@ -142,7 +142,8 @@ def _ordered(value: Any, schema: Any) -> Any:
 
 def _read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # "\n" only: str.splitlines() also splits at U+2028 and friends, which JSON strings may hold raw
+        lines = path.read_text(encoding="utf-8").split("\n")
     except OSError as exc:
         raise InputOutputError(f"cannot read examples file {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
