@@ -82,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.examples = EXAMPLES  # type: ignore[attr-defined]  # printed first by the core parser
+    parser.examples = EXAMPLES  # printed first by the core parser
     parser.add_argument("inputs", nargs="*", metavar="INPUT",
                         help="files, folders (recursive), globs (quote them for '**'), or - for stdin")
     parser.add_argument("--schema", "-s", required=True,

@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval", help="score extractions against labelled records, field by field",
         description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.examples = EXAMPLES  # type: ignore[attr-defined]
+    parser.examples = EXAMPLES
     parser.add_argument("--schema", "-s", required=True,
                         help="extraction schema: a file, inline JSON, a bundled name, or the concise syntax")
     parser.add_argument("--data", "-d", required=True, type=Path, metavar="LABELLED.jsonl",

@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         + "  In a batch, the exit code is 1 if any record failed (5 if any input could not be read).\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.examples = EXAMPLES  # type: ignore[attr-defined]  # printed first by the core parser
+    parser.examples = EXAMPLES  # printed first by the core parser
     parser.add_argument(
         "inputs",
         nargs="*",

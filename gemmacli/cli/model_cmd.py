@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "model", help="pull, import, export, synthesize, list, inspect, verify and remove models",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.examples = MODEL_EXAMPLES  # type: ignore[attr-defined]  # after the usage, as for every command
+    parser.examples = MODEL_EXAMPLES  # after the usage, as for every command
     add_common_flags(parser)
     actions = parser.add_subparsers(dest="model_action", metavar="ACTION", parser_class=type(parser))
     parser.set_defaults(handler=_needs_action(parser))

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.examples = EXAMPLES  # type: ignore[attr-defined]
+    parser.examples = EXAMPLES
     # -q/-v/--debug live on each action: argparse lets a sub-subparser's defaults clobber its parent's.
     parser.set_defaults(handler=_no_action, usage_text=parser.format_help)
     actions = parser.add_subparsers(dest="schema_action", metavar="ACTION")

@@ -159,8 +159,9 @@ class Extractor:
         pretty = self.config.pretty
         compile_schema, self.warnings = check_schema(self.schema, lenient=self.config.lenient,
                                                      options=json_options(pretty))
-        for message in self.warnings if warn is not None else ():
-            warn(message)
+        if warn is not None:
+            for message in self.warnings:
+                warn(message)
         self.grammar = compile_grammar(compile_schema, pretty=pretty)
         # Span fields (gemmacli.engine.spans): a grammar per document, holding its text. Compact output only.
         self._span_schema = close_objects(compile_schema) if not pretty else None
@@ -200,8 +201,8 @@ class Extractor:
         if isinstance(model, (str, Path)):
             from gemmacli.models.store import ModelConfig, resolve_model
 
-            folder = resolve_model(model)
-            return folder, ModelConfig.from_folder(folder)
+            found = resolve_model(model)
+            return found, ModelConfig.from_folder(found)
         folder = getattr(model, "folder", None)
         config = getattr(model, "config", None)
         if folder is None or config is None:

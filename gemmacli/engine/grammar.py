@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -182,10 +182,10 @@ def compile_grammar(schema: dict, *, pretty: bool = False, closed: bool = True) 
 
     options = json_options(pretty)
     if closed:
-        grammar = LLMatcher.grammar_from_json_schema(close_objects(schema), overrides=options)
+        grammar = LLMatcher.grammar_from_json_schema(close_objects(schema), overrides=cast(Any, options))
         if not LLMatcher.validate_grammar_with_warnings(grammar)[0]:
             return Grammar(grammar, True)
-    grammar = LLMatcher.grammar_from_json_schema(schema, overrides=options)
+    grammar = LLMatcher.grammar_from_json_schema(schema, overrides=cast(Any, options))
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
     if is_error:
         raise SchemaError(f"the grammar engine refused the schema: {messages[0] if messages else '?'}")

@@ -94,10 +94,11 @@ def fuse_attention(model: onnx.ModelProto, config: dict, *, max_positions: int |
         if concat is None or concat.op_type != "Concat":
             raise FuseError(f"present.{i}.key is not produced by a Concat (already fused?)")
         prefix = concat.name.rsplit("/", 1)[0] + "/"
-        proj = {p: nodes_by_name.get(f"{prefix}{p}_proj/MatMul") for p in ("q", "k", "v", "o")}
-        missing = [p for p, n in proj.items() if n is None]
+        found = {p: nodes_by_name.get(f"{prefix}{p}_proj/MatMul") for p in ("q", "k", "v", "o")}
+        missing = [p for p, n in found.items() if n is None]
         if missing:
             raise FuseError(f"layer {i}: no {', '.join(missing)}_proj MatMul under {prefix}")
+        proj = {p: n for p, n in found.items() if n is not None}
         q_w = _norm_weight(graph.node, f"{prefix}q_norm/", inits, producers, head_dim)
         k_w = _norm_weight(graph.node, f"{prefix}k_norm/", inits, producers, head_dim)
 
@@ -110,6 +111,7 @@ def fuse_attention(model: onnx.ModelProto, config: dict, *, max_positions: int |
                           numpy_helper.from_array(sin, caches[kind][1])]
 
         tag = f"/model/layers.{i}/attn_fused/"
+        cache_attribute: dict[str, Any] = {"sliding_window_cache": 1} if windowed else {}
         q = normed_heads(new_nodes, new_inits, tag + "q", proj["q"].output[0], q_w, n_heads, head_dim, eps)
         k = normed_heads(new_nodes, new_inits, tag + "k", proj["k"].output[0], k_w, n_kv, head_dim, eps)
         attn_out = tag + "GroupQueryAttention_output_0"
@@ -122,10 +124,10 @@ def fuse_attention(model: onnx.ModelProto, config: dict, *, max_positions: int |
             num_heads=n_heads, kv_num_heads=n_kv, scale=scale, do_rotary=1, rotary_interleaved=0,
             local_window_size=int(window) if kind == "sliding" and window else -1,
             softcap=float(softcap),
-            **({"sliding_window_cache": 1} if windowed else {}),
+            **cache_attribute,
         ))
         if windowed:
-            _set_cache_rows(graph, i, int(window_cache_rows or window))
+            _set_cache_rows(graph, i, int(window_cache_rows or window or 0))
         proj["o"].input[0] = attn_out
         # The old cache concats would be second producers of the present outputs: drop them now.
         for name in (f"present.{i}.key", f"present.{i}.value"):
@@ -266,8 +268,10 @@ def _merge_shared_input_matmuls(graph: onnx.GraphProto, scope: str = "") -> None
     for x, nodes in by_input.items():
         if len(nodes) < 2:
             continue
-        weights = [_constant_value(n.input[1], inits, producers) for n in nodes]
-        if any(w is None or w.ndim != 2 or w.shape[0] != weights[0].shape[0] for w in weights):
+        found = [_constant_value(n.input[1], inits, producers) for n in nodes]
+        weights = [w for w in found if w is not None]
+        if len(weights) != len(found) \
+                or any(w.ndim != 2 or w.shape[0] != weights[0].shape[0] for w in weights):
             continue
         scope = nodes[0].name.rsplit("/", 2)[0]
         stem = "/".join(sorted(n.name.rsplit("/", 2)[-2] for n in nodes))

@@ -130,7 +130,7 @@ def _corpus_lines(rng: random.Random, count: int) -> list[str]:
             words[0] = words[0].capitalize()
             line = " ".join(words) + rng.choice([".", ".", "?", "!", ",", ":"])
         elif kind < 0.85:
-            record = {}
+            record: dict[str, Any] = {}
             for key in rng.sample(_KEYS, rng.randint(1, 6)):
                 value_kind = rng.random()
                 if value_kind < 0.35:
