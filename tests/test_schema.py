@@ -16,7 +16,7 @@ from gemmacli.schema import (
     load_schema,
     schema_sha256,
 )
-from gemmacli.schema.core import UNSUPPORTED_KEYWORDS
+from gemmacli.schema.keywords import UNSUPPORTED_KEYWORDS
 
 PERSON = {
     "type": "object",

@@ -2,24 +2,30 @@
 the grammar engine can enforce, walked by JSON pointer, and sized (its smallest valid output).
 
 Nothing here knows about models or tokens. `gemmacli.engine` compiles what this layer has checked.
+
+Modules, each importing only those above it:
+    keywords   the keyword tables: which keywords hold subschemas, which llguidance refuses, standard formats
+    pointers   JSON pointers, the $id/$anchor index (RefIndex) and the walk over reachable subschemas
+    preflight  what any schema or policy document must pass first: nesting depth, parseable regexes
+    dsl        the concise syntax ("name, age int") parsed into a JSON Schema
+    load       reading a schema (file, inline, bundled name, concise syntax), bundling file $refs, its sha256
+    probes     asking llguidance whether a schema compiles, and locating where it refuses one
+    sizing     the smallest JSON a schema allows, and whether any finite JSON does
+    check      check_schema: what the grammar engine can enforce, refused by pointer or loosened (--lenient)
 """
 
-from gemmacli.schema.core import (
-    COMPACT_OPTIONS,
+from gemmacli.schema.check import check_schema
+from gemmacli.schema.load import (
     LoadedSchema,
-    RefIndex,
     bundled_schemas,
     canonical_json,
-    check_depth,
-    check_patterns,
-    check_schema,
-    join_pointer,
     load_schema,
-    resolve_pointer,
     schema_sha256,
     schemas_dir,
-    walk_schema,
 )
+from gemmacli.schema.pointers import RefIndex, join_pointer, resolve_pointer, walk_schema
+from gemmacli.schema.preflight import check_depth, check_patterns
+from gemmacli.schema.probes import COMPACT_OPTIONS
 
 __all__ = [
     "COMPACT_OPTIONS",

@@ -14,7 +14,7 @@ import json
 import re
 from typing import Any
 
-from gemmacli.schema import RefIndex, resolve_pointer, walk_schema
+from gemmacli.schema.pointers import RefIndex, resolve_pointer, walk_schema
 
 #: The shortest value of each format llguidance enforces (a time needs its offset, a URI its scheme).
 FORMAT_EXAMPLES = {
@@ -83,14 +83,19 @@ class _Sizer:
 
     def _of_type(self, kind: str, node: dict, pointer: str, refs: tuple[str, ...]) -> Any:
         if kind == "object":
-            properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+            properties = node.get("properties")
+            if not isinstance(properties, dict):
+                properties = {}
             required = [k for k in node.get("required", []) if isinstance(k, str)]
             return {key: self.value(properties.get(key, True), f"{pointer}/properties/{key}", refs)
                     for key in dict.fromkeys(required)}
         if kind == "array":
             count = node.get("minItems", 0) if isinstance(node.get("minItems"), int) else 0
-            prefix = node.get("prefixItems") if isinstance(node.get("prefixItems"), list) else (
-                node.get("items") if isinstance(node.get("items"), list) else [])
+            prefix = node.get("prefixItems")
+            if not isinstance(prefix, list):
+                prefix = node.get("items")
+                if not isinstance(prefix, list):
+                    prefix = []
             rest = node.get("items") if isinstance(node.get("items"), dict) else True
             return [self.value(prefix[i], f"{pointer}/prefixItems/{i}", refs) if i < len(prefix)
                     else self.value(rest, f"{pointer}/items", refs) for i in range(min(count, 4096))]
