@@ -18,6 +18,8 @@ import pytest
 from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, ModelError
 from gemmacli.jobs import batch
 from gemmacli.jobs.inputs import Source
+from gemmacli.jobs.progress import LineProgress, NoProgress, RichProgress, make_progress
+from gemmacli.jobs.records import JsonlFileSink, scan_records, skip_recorded
 
 
 @dataclass
@@ -154,7 +156,7 @@ def test_resume_drops_a_torn_last_line_and_counts_what_is_recorded(tmp_path: Pat
     out = tmp_path / "out.jsonl"
     lines = [json.dumps({"source": "a", "ok": True, "data": {}}), json.dumps({"source": "b", "ok": False})]
     out.write_text("\n".join(lines) + '\n{"source": "c", "ok": tr')
-    sink = batch.JsonlFileSink(out, resume=True)
+    sink = JsonlFileSink(out, resume=True)
     assert sink.recorded == Counter({"a": 1, "b": 1})
     sink.write({"source": "c", "ok": True, "data": {"x": 1}})
     sink.close()
@@ -166,7 +168,7 @@ def test_resume_refuses_a_file_that_is_not_gemmacli_records(tmp_path: Path) -> N
     out = tmp_path / "notes.jsonl"
     out.write_text('{"hello": "world"}\n')
     with pytest.raises(InputOutputError, match="line 1: not a gemmacli record"):
-        batch.JsonlFileSink(out, resume=True)
+        JsonlFileSink(out, resume=True)
 
 
 def test_resume_never_cuts_whole_records_after_a_damaged_line(tmp_path: Path) -> None:
@@ -174,14 +176,14 @@ def test_resume_never_cuts_whole_records_after_a_damaged_line(tmp_path: Path) ->
     content = '{"source": "a", "ok": true}\n{"sourc\n{"source": "b", "ok": true}\n'
     out.write_text(content)
     with pytest.raises(InputOutputError, match="line 2"):
-        batch.JsonlFileSink(out, resume=True)
+        JsonlFileSink(out, resume=True)
     assert out.read_text() == content  # untouched
 
 
 def test_resume_keeps_blank_lines_and_reads_schema_hashes_from_meta(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     out.write_text('{"source": "a", "ok": true, "meta": {"schema_sha256": "abc"}}\n\n')
-    found = batch.scan_records(out)
+    found = scan_records(out)
     assert found.sources == Counter({"a": 1}) and found.schema_hashes == {"abc"}
     assert found.good_end == len(out.read_bytes())
 
@@ -189,7 +191,7 @@ def test_resume_keeps_blank_lines_and_reads_schema_hashes_from_meta(tmp_path: Pa
 def test_without_resume_the_file_is_started_afresh(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     out.write_text('{"source": "old", "ok": true, "data": {}}\n')
-    sink = batch.JsonlFileSink(out, resume=False)
+    sink = JsonlFileSink(out, resume=False)
     sink.write({"source": "new", "ok": True, "data": {}})
     sink.close()
     assert [json.loads(x)["source"] for x in out.read_text().splitlines()] == ["new"]
@@ -197,7 +199,7 @@ def test_without_resume_the_file_is_started_afresh(tmp_path: Path) -> None:
 
 def test_skip_recorded_matches_names_by_occurrence() -> None:
     sources = [text_source(n, n) for n in ["a", "b", "a", "c", "a"]]
-    todo = batch.skip_recorded(sources, Counter({"a": 2, "b": 1}))
+    todo = skip_recorded(sources, Counter({"a": 2, "b": 1}))
     assert [s.name for s in todo] == ["c", "a"]
 
 
@@ -216,8 +218,8 @@ def test_line_progress_prints_every_n_records_and_nothing_when_quiet() -> None:
         stderr_isatty=False,
         environ={},
     )
-    progress = batch.make_progress(env, every=2)
-    assert isinstance(progress, batch.LineProgress)
+    progress = make_progress(env, every=2)
+    assert isinstance(progress, LineProgress)
     batch.run_batch(
         [text_source(f"s{i}", "x") for i in range(5)],
         OPTIONS,
@@ -229,7 +231,7 @@ def test_line_progress_prints_every_n_records_and_nothing_when_quiet() -> None:
     assert [line.split()[1] for line in lines] == ["loading", "2/5", "4/5"]
     assert "docs/s" in lines[1] and "ETA" in lines[1] and "failed" in lines[1]
     env.verbosity = -1
-    assert isinstance(batch.make_progress(env, every=2), batch.NoProgress)
+    assert isinstance(make_progress(env, every=2), NoProgress)
 
 
 def test_the_bar_is_used_on_a_terminal_but_not_for_term_dumb() -> None:
@@ -244,9 +246,9 @@ def test_the_bar_is_used_on_a_terminal_but_not_for_term_dumb() -> None:
         stderr_isatty=True,
         environ={"TERM": "xterm-256color"},
     )
-    assert isinstance(batch.make_progress(env, every=100), batch.RichProgress)
+    assert isinstance(make_progress(env, every=100), RichProgress)
     # records printed to the same terminal would tear a live bar: plain lines instead
-    assert isinstance(batch.make_progress(env, every=100, records_on_terminal=True), batch.LineProgress)
+    assert isinstance(make_progress(env, every=100, records_on_terminal=True), LineProgress)
     env = Environment(
         stdin=io.BytesIO(),
         stdout=io.BytesIO(),
@@ -254,4 +256,4 @@ def test_the_bar_is_used_on_a_terminal_but_not_for_term_dumb() -> None:
         stderr_isatty=True,
         environ={"TERM": "dumb"},
     )
-    assert isinstance(batch.make_progress(env, every=100), batch.LineProgress)
+    assert isinstance(make_progress(env, every=100), LineProgress)

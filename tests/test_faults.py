@@ -29,7 +29,8 @@ from typing import Any
 import pytest
 
 from gemmacli.cli import check_cmd, extract_cmd
-from gemmacli.jobs import batch
+from gemmacli.jobs import batch, capacity
+from gemmacli.jobs.progress import RateClock, RichProgress, make_progress
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -358,17 +359,17 @@ def test_check_caches_and_reports_a_file_name_that_is_not_utf8(fake: str, tmp_pa
 
 def test_plan_jobs_caps_by_cpus_memory_and_sources() -> None:
     gib = 2**30
-    assert batch.plan_jobs(1000, 200, 0, cpus=2, available=64 * gib)[0] == 2
-    jobs, why = batch.plan_jobs(1000, 200, 2 * gib, cpus=64, available=16 * gib)
-    assert jobs == int(16 * gib * 0.8) // (3 * gib + batch.WORKER_OVERHEAD) and "lowered" in str(why)
-    assert batch.plan_jobs(0, 200, 0, cpus=4, available=64 * gib) == (4, None)  # auto: no message
-    assert batch.plan_jobs(8, 3, 0, cpus=16, available=64 * gib) == (3, None)  # fewer sources: quietly
-    assert batch.plan_jobs(4, 200, 100 * gib, cpus=4, available=gib)[0] == 1  # always at least one
+    assert capacity.plan_jobs(1000, 200, 0, cpus=2, available=64 * gib)[0] == 2
+    jobs, why = capacity.plan_jobs(1000, 200, 2 * gib, cpus=64, available=16 * gib)
+    assert jobs == int(16 * gib * 0.8) // (3 * gib + capacity.WORKER_OVERHEAD) and "lowered" in str(why)
+    assert capacity.plan_jobs(0, 200, 0, cpus=4, available=64 * gib) == (4, None)  # auto: no message
+    assert capacity.plan_jobs(8, 3, 0, cpus=16, available=64 * gib) == (3, None)  # fewer sources: quietly
+    assert capacity.plan_jobs(4, 200, 100 * gib, cpus=4, available=gib)[0] == 1  # always at least one
 
 
 def test_jobs_1000_is_lowered_with_a_message(fake: str, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(batch, "cpu_count", lambda: 1)
+    monkeypatch.setattr(capacity, "cpu_count", lambda: 1)
     three_inputs(tmp_path)
     result = run_cli(["extract", *SCHEMA, "-m", fake, "in", "--jobs", "1000"])
     assert result.status == 0 and "--jobs 1000 lowered to 1" in result.stderr
@@ -597,8 +598,8 @@ def test_model_synth_without_torch_is_exit_2_with_the_pip_command(tmp_path: Path
 def test_progress_shows_a_loading_phase_and_rates_from_finished_documents(
         monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
-    monkeypatch.setattr(batch.time, "monotonic", lambda: now[0])
-    clock = batch.RateClock()
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    clock = RateClock()
     clock.total = 20
     assert clock.loading and clock.rate() is None and clock.eta() is None
     now[0] = 110.0  # 10 s of model loading, then two workers finish a 3 s document each
@@ -616,8 +617,8 @@ def test_the_bar_says_loading_model_before_the_first_document() -> None:
     stderr = io.StringIO()
     env = Environment(stdin=io.BytesIO(), stdout=io.BytesIO(), stderr=stderr, stderr_isatty=True,
                       environ={"TERM": "xterm"})
-    progress = batch.make_progress(env, every=100)
-    assert isinstance(progress, batch.RichProgress)
+    progress = make_progress(env, every=100)
+    assert isinstance(progress, RichProgress)
     progress.start(20)
     progress.progress.refresh()
     progress.stop()

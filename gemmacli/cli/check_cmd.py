@@ -29,7 +29,7 @@ from gemmacli.cli.core import silence_stdout
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, UsageError
 from gemmacli.files import write_atomically
-from gemmacli.jobs import batch
+from gemmacli.jobs import batch, capacity
 from gemmacli.jobs.cache import ResultCache, default_cache_dir
 from gemmacli.jobs.policy import (
     ERROR,
@@ -187,7 +187,7 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
     if not args.no_cache:
         cache = ResultCache(default_cache_dir(env.environ), warn=env.warn)
         env.verbose(f"cache: {cache.folder}")
-    jobs, why = batch.plan_jobs(args.jobs, len(sources), _size(folder))
+    jobs, why = capacity.plan_jobs(args.jobs, len(sources), _size(folder))
     if why is not None:
         env.warn(why)
     runner = CheckRunner(policy=policy, extractor_factory=make_extractor, fingerprint=fingerprint,
@@ -231,7 +231,7 @@ def _size(folder: Path) -> int:
 
 def _parallel(options: batch.ExtractOptions, jobs: int, env: Environment) -> ExtractMany:
     """`--jobs N`: the files the cache does not know go through N worker processes (gemmacli.jobs.batch)."""
-    threads = max(1, batch.cpu_count() // jobs)
+    threads = max(1, capacity.cpu_count() // jobs)
     worker_options = dataclasses.replace(options, threads=options.threads or threads)
 
     def extract_many(texts: list[tuple[str, str]]) -> Iterator[tuple[Any, list[str]] | ExtractionFailed]:

@@ -132,9 +132,8 @@ def _all(tree: Command) -> list[Command]:
     return [tree, *(c for child in tree.children for c in _all(child))]
 
 
-def bash_script(tree: Command, schema_names: list[str], policy_names: list[str] | None = None) -> str:
-    """A bash completion function: subcommands, their flags, flag values (choices, schemas, policies,
-    installed models, folders, files)."""
+def _bash_command_cases(tree: Command, schema_names: list[str]) -> list[str]:
+    """`case "$key"` lines: the words each command (and each `command action`) offers."""
     cases = []
     for command in tree.children:
         cases.append(f'        {command.name}) opts="{_words(command)}";;')
@@ -145,6 +144,32 @@ def bash_script(tree: Command, schema_names: list[str], policy_names: list[str] 
             if command.name == "model" and child.name in MODEL_ACTIONS:
                 words = f"$({MODELS_COMMAND}) {words}"
             cases.append(f'        "{command.name} {child.name}") opts="{words}";;')
+    return cases
+
+
+def _takes(option: Option, flags: tuple[str, ...]) -> bool:
+    return any(flag in flags for flag in option.flags)
+
+
+def _bash_value_action(option: Option, schema_names: list[str], policy_names: list[str]) -> str:
+    """What bash offers as the value of `option`: its choices, schemas, policies, models, folders, files."""
+    if option.choices:
+        return f'COMPREPLY=($(compgen -W "{" ".join(option.choices)}" -- "$cur"))'
+    if _takes(option, SCHEMA_OPTIONS):
+        return f'COMPREPLY=($(compgen -W "{" ".join(schema_names)}" -- "$cur") $(compgen -f -- "$cur"))'
+    if _takes(option, POLICY_OPTIONS):
+        return f'COMPREPLY=($(compgen -W "{" ".join(policy_names)}" -- "$cur") $(compgen -f -- "$cur"))'
+    if _takes(option, MODEL_OPTIONS):
+        return f'COMPREPLY=($(compgen -W "$({MODELS_COMMAND})" -- "$cur") $(compgen -d -- "$cur"))'
+    if _takes(option, DIRECTORY_OPTIONS):
+        return 'COMPREPLY=($(compgen -d -- "$cur"))'
+    if "FILE" in option.metavar:
+        return 'COMPREPLY=($(compgen -f -- "$cur"))'
+    return "COMPREPLY=()"  # numbers, field names, patterns: nothing sensible to offer
+
+
+def _bash_value_cases(tree: Command, schema_names: list[str], policy_names: list[str]) -> list[str]:
+    """`case "$prev"` lines: one per option that takes a value (the first command to declare it wins)."""
     value_cases = []
     seen: set[str] = set()
     for command in _all(tree):
@@ -152,32 +177,19 @@ def bash_script(tree: Command, schema_names: list[str], policy_names: list[str] 
             if not option.takes_value or option.flags[0] in seen:
                 continue
             seen.add(option.flags[0])
-            pattern = "|".join(option.flags)
-            if option.choices:
-                action = f'COMPREPLY=($(compgen -W "{" ".join(option.choices)}" -- "$cur"))'
-            elif any(flag in SCHEMA_OPTIONS for flag in option.flags):
-                action = (
-                    f'COMPREPLY=($(compgen -W "{" ".join(schema_names)}" -- "$cur") $(compgen -f -- "$cur"))'
-                )
-            elif any(flag in POLICY_OPTIONS for flag in option.flags):
-                action = (
-                    f'COMPREPLY=($(compgen -W "{" ".join(policy_names or [])}" -- "$cur") '
-                    '$(compgen -f -- "$cur"))'
-                )
-            elif any(flag in MODEL_OPTIONS for flag in option.flags):
-                action = f'COMPREPLY=($(compgen -W "$({MODELS_COMMAND})" -- "$cur") $(compgen -d -- "$cur"))'
-            elif any(flag in DIRECTORY_OPTIONS for flag in option.flags):
-                action = 'COMPREPLY=($(compgen -d -- "$cur"))'
-            elif "FILE" in option.metavar:
-                action = 'COMPREPLY=($(compgen -f -- "$cur"))'
-            else:  # numbers, field names, patterns: nothing sensible to offer
-                action = "COMPREPLY=()"
-            value_cases.append(f"        {pattern}) {action}; return;;")
+            action = _bash_value_action(option, schema_names, policy_names)
+            value_cases.append(f"        {'|'.join(option.flags)}) {action}; return;;")
+    return value_cases
+
+
+def bash_script(tree: Command, schema_names: list[str], policy_names: list[str] | None = None) -> str:
+    """A bash completion function: subcommands, their flags, flag values (choices, schemas, policies,
+    installed models, folders, files)."""
     value_flags = sorted({f for c in _all(tree) for o in c.options if o.takes_value for f in o.flags})
     nested = " ".join(command.name for command in tree.children if command.children)
     choices_only = " ".join(command.name for command in tree.children if command.positionals)
-    case_block = "\n".join(cases)
-    value_block = "\n".join(value_cases)
+    case_block = "\n".join(_bash_command_cases(tree, schema_names))
+    value_block = "\n".join(_bash_value_cases(tree, schema_names, policy_names or []))
     return f"""# bash completion for gemmacli (generated by `gemmacli completion bash`)
 _gemmacli() {{
     local cur="${{COMP_WORDS[COMP_CWORD]}}" prev="${{COMP_WORDS[COMP_CWORD-1]}}"
@@ -274,13 +286,13 @@ def _fish_options(command: Command, condition: str, schema_names: list[str],
         if option.takes_value:
             if option.choices:
                 parts.append(f"-x -a {_fish_quote(' '.join(option.choices))}")
-            elif any(flag in SCHEMA_OPTIONS for flag in option.flags):
+            elif _takes(option, SCHEMA_OPTIONS):
                 parts.append(f"-r -F -a {_fish_quote(' '.join(schema_names))}")
-            elif any(flag in POLICY_OPTIONS for flag in option.flags):
+            elif _takes(option, POLICY_OPTIONS):
                 parts.append(f"-r -F -a {_fish_quote(' '.join(policy_names))}")
-            elif any(flag in MODEL_OPTIONS for flag in option.flags):
+            elif _takes(option, MODEL_OPTIONS):
                 parts.append(f"-x -a '({MODELS_COMMAND}; __fish_complete_directories)'")
-            elif any(flag in DIRECTORY_OPTIONS for flag in option.flags):
+            elif _takes(option, DIRECTORY_OPTIONS):
                 parts.append("-x -a '(__fish_complete_directories)'")
             else:
                 parts.append("-r -F")

@@ -33,6 +33,7 @@ from gemmacli.files import write_atomically
 from gemmacli.jobs import batch
 from gemmacli.jobs.evaluate import LabelledFields, Scorer, read_labelled
 from gemmacli.jobs.inputs import Source
+from gemmacli.jobs.progress import make_progress
 from gemmacli.schema import check_schema, load_schema
 
 EXAMPLES = """\
@@ -103,7 +104,7 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
     env.info(f"eval: {len(records)} record(s) of {args.data} with {model}; jobs: {jobs}")
     started = time.monotonic()
     sources = [Source(r.id, "jsonl", None, text=r.text) for r in records]
-    batch.run_batch(sources, options, sink, jobs=jobs, progress=batch.make_progress(env, every=10))
+    batch.run_batch(sources, options, sink, jobs=jobs, progress=make_progress(env, every=10))
     elapsed = time.monotonic() - started
     report = _report(records, sink.records, loaded.schema, elapsed)
     report |= {"schema": args.schema, "data": str(args.data), "model": model, "spans": args.spans,

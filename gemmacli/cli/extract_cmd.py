@@ -1,12 +1,14 @@
-"""`gemmacli extract`: texts in (stdin, files, folders, JSON Lines), JSON out; the work lives in batch/api."""
+"""`gemmacli extract`: texts in (stdin, files, folders, JSON Lines), JSON out.
+
+This module holds the command line, the schema and input checks and a single result; several inputs
+go on to gemmacli.cli.extract_batch (records, -o FILE, --resume), and the work itself to gemmacli.jobs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,12 @@ from gemmacli.cli.commands import (
     read_examples,
     read_instructions,
 )
+from gemmacli.cli.extract_batch import BatchRun, extract_batch
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, UsageError
-from gemmacli.files import is_regular_or_new, write_atomically
-from gemmacli.jobs import batch
+from gemmacli.files import write_atomically
+from gemmacli.jobs import batch, capacity
 from gemmacli.jobs.inputs import Readable, Source, collect_sources
-from gemmacli.jobs.outfile import OutputLock, differences
-from gemmacli.schema import schema_sha256
 
 DEFAULT_MODEL_HELP = "the best installed Gemma 3 model"
 
@@ -207,7 +208,7 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
         seed=args.seed,
         instructions=read_instructions(args.instructions),
         truncate=args.truncate,
-        threads=max(1, batch.cpu_count() // jobs) if jobs > 1 else None,
+        threads=max(1, capacity.cpu_count() // jobs) if jobs > 1 else None,
         encoding=args.encoding,
         errors=args.errors,
         allow_empty=args.allow_empty,
@@ -218,19 +219,19 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
         return _extract_single(sources[0], options, output, args, env)
     if args.pretty:
         env.warn("--pretty applies to a single result; JSON Lines keep one record per line")
-    run = _BatchRun(sources, options, output, jobs, stdin.sha256())
-    return _extract_batch(run, args, env)
+    run = BatchRun(sources, options, output, jobs, stdin.sha256(), EXTRACTOR_FACTORY)
+    return extract_batch(run, args, env)
 
 
 def _plan_jobs(requested: int, count: int, model: Path, env: Environment) -> int:
-    """Workers for this batch (gemmacli.jobs.batch.plan_jobs); a lowered --jobs is said on stderr."""
+    """Workers for this batch (gemmacli.jobs.capacity.plan_jobs); a lowered --jobs is said on stderr."""
     from gemmacli.models.store import folder_size
 
     try:
         model_bytes = folder_size(model)
     except OSError:
         model_bytes = 0
-    jobs, why = batch.plan_jobs(requested, count, model_bytes)
+    jobs, why = capacity.plan_jobs(requested, count, model_bytes)
     if why is not None:
         env.warn(why)
     return jobs
@@ -383,195 +384,3 @@ def _extract_single(
             raise InputOutputError(f"cannot write {output}: {exc.strerror or exc}") from exc
         env.verbose(f"wrote {output}")
     return ExitStatus.OK
-
-
-@dataclass
-class _BatchRun:
-    """What one batch works on: the sources, how to extract them, where the records go."""
-
-    sources: list[Source]
-    options: batch.ExtractOptions
-    output: Path | None
-    jobs: int
-    stdin_sha256: str | None
-
-
-def _extract_batch(run: _BatchRun, args: argparse.Namespace, env: Environment) -> ExitStatus:
-    """Records to stdout, or to -o FILE under its lock (resuming it with --resume); the exit status covers
-    every record in FILE, including those an earlier run wrote."""
-    if run.output is None:
-        return _run_records(run, batch.StdoutSink(env), args, env, earlier=None)
-    regular = is_regular_or_new(run.output)
-    if args.resume and not regular:  # never read a FIFO or a device to find records in it
-        raise UsageError(f"--resume needs a regular file, and {run.output} is not one (a device or a FIFO)")
-    lock = OutputLock(run.output) if regular else None
-    try:
-        earlier = _open_checkpoint(run, lock, args, env)
-        sink = batch.JsonlFileSink(run.output, resume=args.resume, retry_failed=args.retry_failed)
-        if lock is not None:
-            lock.record(_fingerprint(run.options, args), stdin_sha256=run.stdin_sha256)
-        if args.resume:
-            run.sources = _skip_done(run, sink.found, earlier, env)
-        return _run_records(run, sink, args, env, earlier=sink.found)
-    finally:
-        if lock is not None:
-            lock.close()
-
-
-def _open_checkpoint(
-    run: _BatchRun, lock: OutputLock | None, args: argparse.Namespace, env: Environment
-) -> dict[str, Any] | None:
-    """With --resume, refuse (exit 2) a FILE written with another schema, model or options."""
-    previous = lock.previous if lock is not None else None
-    if not args.resume or run.output is None or not run.output.exists():
-        return previous
-    now = _fingerprint(run.options, args)
-    before = previous.get("fingerprint") if previous else None
-    if isinstance(before, dict):
-        changed = differences(before, now)
-    else:  # a file from before sidecars: only --with-meta records say which schema made them
-        hashes = batch.scan_records(run.output).schema_hashes
-        there = ", ".join(sorted(h[:12] + "…" for h in hashes))
-        changed = [f"schema ({there} there, {now['schema'][:12]}… now)"] if hashes - {now["schema"]} else []
-    if changed:
-        raise UsageError(
-            f"cannot resume {run.output}: it was written with another configuration: {'; '.join(changed)}",
-            hint="resume with the same settings, write to a new file, or drop --resume to start FILE afresh",
-        )
-    return previous
-
-
-def _skip_done(
-    run: _BatchRun, found: batch.RecordedFile, previous: dict[str, Any] | None, env: Environment
-) -> list[Source]:
-    """The sources still to do: files matched by resolved path, stdin only when it holds the same text."""
-    before = len(run.sources)
-    base = Path(previous["cwd"]) if previous and isinstance(previous.get("cwd"), str) else None
-    same_stdin = bool(previous) and previous.get("stdin_sha256") == run.stdin_sha256  # type: ignore[union-attr]
-    if not same_stdin and any(s.from_stdin for s in run.sources) and found.sources:
-        env.warn("stdin is not the text the recorded run read (or that is unknown): extracting it again")
-    todo = batch.skip_recorded(run.sources, found.sources, base=base, skip_stdin=same_stdin)
-    where = _escape(str(run.output))
-    env.info(f"resuming {where}: {before - len(todo)} of {before} already recorded, {len(todo)} to go")
-    return todo
-
-
-def _fingerprint(options: batch.ExtractOptions, args: argparse.Namespace) -> dict[str, Any]:
-    """Everything besides the text that decides a record: a resumed FILE must not mix two of these."""
-    schema = getattr(options.schema, "sha256", None) or schema_sha256(options.schema)
-    instructions = options.instructions
-    return {
-        "schema": schema,
-        "model": _model_identity(Path(options.model)),
-        "max-tokens": options.max_tokens,
-        "lenient": options.lenient,
-        "repeat-guard": options.repeat_guard,
-        "temperature": options.temperature,
-        "top-p": options.top_p,
-        "seed": options.seed,
-        "instructions": None if instructions is None else hashlib.sha256(instructions.encode()).hexdigest(),
-        "truncate": options.truncate,
-        "encoding": options.encoding,
-        "errors": options.errors,
-        "allow-empty": options.allow_empty,
-        "with-meta": options.with_meta,
-        "text-field": args.text_field if args.input_jsonl else None,
-        "id-field": args.id_field if args.input_jsonl else None,
-    }
-
-
-def _model_identity(folder: Path) -> str:
-    """The model's folder and the sha256 of its manifest (which holds every file's sha256)."""
-    from gemmacli.models.store import MANIFEST
-
-    try:
-        digest = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()[:16]
-    except OSError:
-        return str(folder)
-    return f"{folder} ({digest})"
-
-
-def _run_records(
-    run: _BatchRun,
-    sink: batch.RecordSink,
-    args: argparse.Namespace,
-    env: Environment,
-    *,
-    earlier: batch.RecordedFile | None,
-) -> ExitStatus:
-    records_on_terminal = run.output is None and bool(env.stdout_isatty)
-    progress = batch.make_progress(env, every=args.progress_every, records_on_terminal=records_on_terminal)
-    written = _Counting(sink)
-    try:
-        summary = batch.run_batch(
-            run.sources,
-            run.options,
-            written,
-            jobs=run.jobs,
-            factory=EXTRACTOR_FACTORY,
-            progress=progress,
-            fail_fast=args.fail_fast,
-        )
-    except KeyboardInterrupt:
-        if run.output is not None:
-            where = _escape(str(run.output))
-            env.info(f"{written.count} record(s) written to {where}; rerun with --resume to continue")
-        raise
-    finally:
-        sink.close()
-    _report(summary, run.output, env)
-    return _with_earlier(summary.status, earlier, run.output, env)
-
-
-def _with_earlier(
-    status: ExitStatus, earlier: batch.RecordedFile | None, output: Path | None, env: Environment
-) -> ExitStatus:
-    """A resumed FILE still holding failed records is not a success: say so and keep the worse status."""
-    if earlier is None or not earlier.failed():
-        return status
-    count = len(earlier.failed())
-    env.info(
-        f"[red]{count} earlier record(s) in {_escape(str(output))} failed[/red]; "
-        "rerun with --resume --retry-failed to extract them again"
-    )
-    return max(status, earlier.status())
-
-
-class _Counting:
-    """Counts records as they are written, for the message after Ctrl-C."""
-
-    def __init__(self, sink: batch.RecordSink) -> None:
-        self.sink = sink
-        self.count = 0
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.sink.write(record)
-        self.count += 1
-
-    def close(self) -> None:
-        self.sink.close()
-
-
-def _report(summary: batch.BatchSummary, output: Path | None, env: Environment) -> None:
-    """The closing lines on stderr: counts, speed, and the first failures by name."""
-    done = summary.ok + len(summary.failed)
-    rate = done / summary.seconds if summary.seconds > 0 else 0.0
-    where = f" to {_escape(str(output))}" if output is not None else ""
-    failed = len(summary.failed)
-    colour = "red" if failed else "green"
-    env.info(
-        f"[{colour}]{done} record(s){where}: {summary.ok} ok, {failed} failed[/{colour}] "
-        f"in {batch.format_duration(summary.seconds)} ({rate:.2f} docs/s)"
-    )
-    for name, message in summary.failed[:10]:
-        env.info(f"  [red]failed[/red] {_escape(name)}: {_escape(message)}")
-    if failed > 10:
-        env.info(f'  ... and {failed - 10} more (see the records with "ok": false)')
-    if summary.stopped_early:
-        env.info("stopped at the first failure (--fail-fast)")
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)

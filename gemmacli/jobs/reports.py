@@ -110,30 +110,39 @@ def junit_report(outcomes: Sequence[FileOutcome], policy: Policy, *, allow_error
     ET.SubElement(properties, "property", name="policy", value=_xml_safe(policy.name))
     ET.SubElement(properties, "property", name="policy_sha256", value=policy.sha256)
     for outcome in outcomes:
-        case = ET.SubElement(suite, "testcase", classname="gemmacli.jobs.policy",
-                             name=_xml_safe(outcome.source))
-        if outcome.path is not None:
-            case.set("file", _xml_safe(str(outcome.path)))
-        if outcome.status == VIOLATION:
-            # One <failure> per testcase: the JUnit schema (and several dashboards) allow no more.
-            lines = [violation_text(violation) for violation in outcome.violations]
-            rules = sorted({violation.rule for violation in outcome.violations})
-            message = lines[0] if len(lines) == 1 else f"{len(lines)} policy violations: {'; '.join(lines)}"
-            failure = ET.SubElement(case, "failure", type=",".join(rules), message=_xml_safe(message))
-            failure.text = _xml_safe("\n".join(lines))
-        elif outcome.status == ERROR:
-            tag = "skipped" if allow_errors else "error"
-            element = ET.SubElement(case, tag, message=_xml_safe(outcome.error or "extraction failed"))
-            if tag == "error":
-                element.set("type", outcome.error_kind or "extraction")
-        if outcome.status != ERROR and outcome.data is not None:
-            system_out = ET.SubElement(case, "system-out")
-            system_out.text = _xml_safe(json.dumps(outcome.data, ensure_ascii=False))
-        if outcome.warnings:
-            system_err = ET.SubElement(case, "system-err")
-            system_err.text = _xml_safe("\n".join(f"warning: {w}" for w in outcome.warnings))
+        _junit_testcase(suite, outcome, allow_errors=allow_errors)
     ET.indent(suites)
     return ET.tostring(suites, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+def _junit_testcase(suite: ET.Element, outcome: FileOutcome, *, allow_errors: bool) -> None:
+    """One file's <testcase>: its verdict, then the extracted data and any warnings."""
+    case = ET.SubElement(suite, "testcase", classname="gemmacli.jobs.policy",
+                         name=_xml_safe(outcome.source))
+    if outcome.path is not None:
+        case.set("file", _xml_safe(str(outcome.path)))
+    if outcome.status == VIOLATION:
+        _junit_failure(case, outcome)
+    elif outcome.status == ERROR:
+        tag = "skipped" if allow_errors else "error"
+        element = ET.SubElement(case, tag, message=_xml_safe(outcome.error or "extraction failed"))
+        if tag == "error":
+            element.set("type", outcome.error_kind or "extraction")
+    if outcome.status != ERROR and outcome.data is not None:
+        system_out = ET.SubElement(case, "system-out")
+        system_out.text = _xml_safe(json.dumps(outcome.data, ensure_ascii=False))
+    if outcome.warnings:
+        system_err = ET.SubElement(case, "system-err")
+        system_err.text = _xml_safe("\n".join(f"warning: {w}" for w in outcome.warnings))
+
+
+def _junit_failure(case: ET.Element, outcome: FileOutcome) -> None:
+    """One <failure> per testcase: the JUnit schema (and several dashboards) allow no more."""
+    lines = [violation_text(violation) for violation in outcome.violations]
+    rules = sorted({violation.rule for violation in outcome.violations})
+    message = lines[0] if len(lines) == 1 else f"{len(lines)} policy violations: {'; '.join(lines)}"
+    failure = ET.SubElement(case, "failure", type=",".join(rules), message=_xml_safe(message))
+    failure.text = _xml_safe("\n".join(lines))
 
 
 # ---------------------------------------------------------------------------------------------- sarif
