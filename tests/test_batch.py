@@ -50,8 +50,8 @@ class FakeExtractor:
             time.sleep(float(text.split()[1]))
         first = text.strip().splitlines()[0] if text.strip() else ""
         data: dict[str, Any] = {"name": first[:40], "age": len(text)}
-        if self.options.instructions:
-            data["instructions"] = self.options.instructions
+        if self.options.config.instructions:
+            data["instructions"] = self.options.config.instructions
         return FakeResult(data)
 
 

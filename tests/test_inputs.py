@@ -123,3 +123,13 @@ def test_sources_pickle_for_worker_processes(tree: Path) -> None:
 
     source = collect_sources(["other.txt"])[0]
     assert pickle.loads(pickle.dumps(source)).read_text() == "text of other.txt\n"
+
+
+def test_jsonl_records_may_hold_unicode_line_separators(tmp_path: Path) -> None:
+    """A raw U+2028 inside a JSON string is legal JSON: the record stays one record."""
+    from gemmacli.jobs.inputs import collect_sources
+
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"id": "a", "text": "one\u2028two"}\n{"id": "b", "text": "three"}\n', encoding="utf-8")
+    sources = collect_sources([str(path)], jsonl=True, id_field="id")
+    assert [s.name for s in sources] == ["a", "b"] and sources[0].read_text() == "one\u2028two"

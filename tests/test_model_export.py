@@ -11,7 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from gemmacli.errors import ModelError, UsageError
-from gemmacli.models.export import HIDDEN_OUTPUT, check_architecture, save_graph, split_lm_head
+from gemmacli.models.export import check_architecture, save_graph, split_lm_head
+from gemmacli.models.surgery import HIDDEN_OUTPUT
 
 pytestmark = pytest.mark.torch  # every test here runs torch or transformers
 

@@ -21,9 +21,8 @@ from gemmacli.cli.commands import (
     add_model_options,
     check_max_tokens,
     default_model,
+    extraction_config,
     positive_int,
-    read_examples,
-    read_instructions,
 )
 from gemmacli.cli.core import silence_stdout
 from gemmacli.env import Environment
@@ -156,17 +155,13 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
     sources = _sources(args, env)
     model_ref = _model_ref(args, env)
-    instructions = read_instructions(args.instructions)  # the text, so editing an @FILE re-runs the model
-    examples = read_examples(args, loaded_schema, env)
-    fingerprint: dict[str, Any] = {
+    config = extraction_config(args, loaded_schema, env, threads=args.threads)
+    fingerprint: dict[str, Any] = {  # the cache key: from the config's fields, never listed by hand
         "gemmacli": __version__,
         "schema": loaded_schema.sha256,
         "policy": policy.sha256,
         "model": model_fingerprint(model_ref, env),
-        "options": {"max_tokens": args.max_tokens, "lenient": args.lenient, "repeat_guard": args.repeat_guard,
-                    "spans": args.spans, "instructions": instructions,
-                    "examples": [[e.text, e.answer] for e in examples.pool], "shots": examples.shots,
-                    "select": examples.select},
+        "options": config.summary(),
     }
     if args.allow_empty:  # only when set, so the cache keys of every earlier run stay valid
         fingerprint["options"]["allow_empty"] = True
@@ -174,10 +169,7 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
     folder = resolve_model(model_ref, env.environ)
     check_max_tokens(args.max_tokens, folder)
-    options = batch.ExtractOptions(schema=loaded_schema, model=model_ref, lenient=args.lenient,
-                                   max_tokens=args.max_tokens, repeat_guard=args.repeat_guard,
-                                   spans=args.spans, examples=examples, instructions=instructions,
-                                   threads=args.threads, allow_empty=True)
+    options = batch.ExtractOptions(schema=loaded_schema, model=model_ref, config=config, allow_empty=True)
 
     def make_extractor() -> Any:
         env.verbose(f"loading model {model_ref}")
@@ -232,7 +224,8 @@ def _size(folder: Path) -> int:
 def _parallel(options: batch.ExtractOptions, jobs: int, env: Environment) -> ExtractMany:
     """`--jobs N`: the files the cache does not know go through N worker processes (gemmacli.jobs.batch)."""
     threads = max(1, capacity.cpu_count() // jobs)
-    worker_options = dataclasses.replace(options, threads=options.threads or threads)
+    worker_options = dataclasses.replace(
+        options, config=dataclasses.replace(options.config, threads=options.config.threads or threads))
 
     def extract_many(texts: list[tuple[str, str]]) -> Iterator[tuple[Any, list[str]] | ExtractionFailed]:
         from gemmacli.jobs.inputs import Source

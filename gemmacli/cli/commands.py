@@ -156,3 +156,15 @@ def read_examples(args: argparse.Namespace, loaded: Any, env: Environment) -> An
     env.verbose(f"prompt: {examples.describe(pool[:shots], path)}"
                 + (f", chosen per text from {len(pool)}" if select == "similar" else ""))
     return examples.Examples(pool, shots, select)
+
+
+def extraction_config(args: argparse.Namespace, loaded: Any, env: Environment,
+                      threads: int | None = None) -> Any:
+    """The one ExtractionConfig of a command, from its flags (extract, check and eval share them)."""
+    from gemmacli.engine.config import ExtractionConfig
+
+    return ExtractionConfig(
+        lenient=args.lenient, max_tokens=args.max_tokens, repeat_guard=args.repeat_guard, spans=args.spans,
+        examples=read_examples(args, loaded, env), instructions=read_instructions(args.instructions),
+        temperature=getattr(args, "temperature", 0.0), top_p=getattr(args, "top_p", 1.0),
+        seed=getattr(args, "seed", None), truncate=getattr(args, "truncate", False), threads=threads)

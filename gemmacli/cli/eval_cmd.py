@@ -23,9 +23,8 @@ from gemmacli.cli.commands import (
     add_common_flags,
     add_model_options,
     default_model,
+    extraction_config,
     positive_int,
-    read_examples,
-    read_instructions,
 )
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, UsageError
@@ -91,15 +90,13 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
     records = read_labelled(args.data, fields, args.limit)
     if not records:
         raise UsageError(f"{args.data} holds no records")
-    examples = read_examples(args, loaded, env)
-    _warn_on_overlap(examples, records, env)
     model = args.model or default_model(env)
     jobs = min(args.jobs if args.jobs > 0 else (os.cpu_count() or 1), len(records))
-    options = batch.ExtractOptions(
-        schema=loaded, model=model, lenient=args.lenient, max_tokens=args.max_tokens,
-        repeat_guard=args.repeat_guard, spans=args.spans, examples=examples,
-        instructions=read_instructions(args.instructions),
-        threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None, with_meta=True)
+    config = extraction_config(args, loaded, env,
+                               threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
+    examples = config.examples
+    _warn_on_overlap(examples, records, env)
+    options = batch.ExtractOptions(schema=loaded, model=model, config=config, with_meta=True)
     sink = _Collect()
     env.info(f"eval: {len(records)} record(s) of {args.data} with {model}; jobs: {jobs}")
     started = time.monotonic()

@@ -107,18 +107,10 @@ def _skip_done(
 def _fingerprint(options: batch.ExtractOptions, args: argparse.Namespace) -> dict[str, Any]:
     """Everything besides the text that decides a record: a resumed FILE must not mix two of these."""
     schema = getattr(options.schema, "sha256", None) or schema_sha256(options.schema)
-    instructions = options.instructions
     return {
         "schema": schema,
         "model": _model_identity(Path(options.model)),
-        "max-tokens": options.max_tokens,
-        "lenient": options.lenient,
-        "repeat-guard": options.repeat_guard,
-        "temperature": options.temperature,
-        "top-p": options.top_p,
-        "seed": options.seed,
-        "instructions": None if instructions is None else hashlib.sha256(instructions.encode()).hexdigest(),
-        "truncate": options.truncate,
+        **{key.replace("_", "-"): value for key, value in options.config.summary().items()},
         "encoding": options.encoding,
         "errors": options.errors,
         "allow-empty": options.allow_empty,

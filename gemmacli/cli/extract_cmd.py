@@ -19,8 +19,7 @@ from gemmacli.cli.commands import (
     add_model_options,
     check_max_tokens,
     default_model,
-    read_examples,
-    read_instructions,
+    extraction_config,
 )
 from gemmacli.cli.extract_batch import BatchRun, extract_batch
 from gemmacli.env import Environment
@@ -195,20 +194,12 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
     model = _check_model(args.model or default_model(env), env)
     check_max_tokens(args.max_tokens, Path(model))
     jobs = _plan_jobs(args.jobs, len(sources), Path(model), env)
+    config = extraction_config(args, options_schema, env,
+                               threads=max(1, capacity.cpu_count() // jobs) if jobs > 1 else None)
     options = batch.ExtractOptions(
         schema=options_schema,
         model=model,
-        lenient=args.lenient,
-        max_tokens=args.max_tokens,
-        repeat_guard=args.repeat_guard,
-        spans=args.spans,
-        examples=read_examples(args, options_schema, env),
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        instructions=read_instructions(args.instructions),
-        truncate=args.truncate,
-        threads=max(1, capacity.cpu_count() // jobs) if jobs > 1 else None,
+        config=config,
         encoding=args.encoding,
         errors=args.errors,
         allow_empty=args.allow_empty,
@@ -364,7 +355,7 @@ def _extract_single(
 ) -> ExitStatus:
     """One input -> one JSON object; every failure is raised so raw_main reports it with its exit code."""
     text = batch.read_source(source, options)
-    if not options.truncate:
+    if not options.config.truncate:
         _refuse_what_cannot_fit(text, Path(options.model))
     extractor = EXTRACTOR_FACTORY(options)
     result = extractor.extract(text)

@@ -75,5 +75,14 @@ class ExtractionConfig:
                             "select": examples.select}
         return data
 
+    def summary(self) -> dict[str, Any]:
+        """The fingerprint with long values (instructions, examples) as sha256: small enough to store
+        beside every output and readable enough to say which option differs."""
+        data = self.fingerprint()
+        for key in ("instructions", "examples"):
+            if data[key] is not None:
+                data[key] = hashlib.sha256(json.dumps(data[key], sort_keys=True).encode("utf-8")).hexdigest()
+        return data
+
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.fingerprint(), sort_keys=True).encode("utf-8")).hexdigest()

@@ -37,6 +37,7 @@ import numpy as np
 
 from gemmacli.engine.grammar import Mask
 from gemmacli.engine.loops import JsonLexer, Loop, RepeatGuard, lead_out
+from gemmacli.engine.sampling import Sampler
 from gemmacli.errors import ExtractionFailed
 
 #: In free text most of the vocabulary is allowed, and its mask is the dearest (4-5 ms for the first token
@@ -148,31 +149,6 @@ class DecodeResult:
         return max(0.0, self.seconds - self.model_seconds)
 
 
-class _Sampler:
-    """Greedy or temperature/top-p sampling over the allowed tokens only (ids ascending, logits aligned)."""
-
-    def __init__(self, options: DecodeOptions) -> None:
-        self.temperature = float(options.temperature)
-        self.top_p = float(options.top_p)
-        self.rng = np.random.default_rng(options.seed)
-
-    def choose(self, ids: np.ndarray, logits: np.ndarray) -> int:
-        if self.temperature <= 0.0:
-            return int(ids[int(np.argmax(logits))])  # ties -> lowest token id, whichever head computed it
-        scaled = logits.astype(np.float64) / self.temperature
-        scaled -= scaled.max()
-        probs = np.exp(scaled)
-        probs /= probs.sum()
-        if self.top_p < 1.0:
-            order = np.argsort(-probs, kind="stable")
-            cumulative = np.cumsum(probs[order])
-            keep = order[: int(np.searchsorted(cumulative, self.top_p) + 1)]
-            kept = np.zeros_like(probs)
-            kept[keep] = probs[keep]
-            probs = kept / kept.sum()
-        return int(ids[int(self.rng.choice(len(ids), p=probs))])
-
-
 def decode(
     model: DecoderModel,
     cache: Cache,
@@ -227,7 +203,7 @@ class _Decoding:
         self.mask = Mask(self.n_vocab, self.rows)
         self.scratch: Mask | None = None  # lead_out's spare mask, made at the first loop
         self.threshold = _lm_head_threshold(options, self.n_vocab)
-        self.sampler = _Sampler(options)
+        self.sampler = Sampler(options)
         # Where the output is in the JSON; the repetition guard reads it too.
         self.position = JsonLexer()
         self.guard = RepeatGuard(tokenizer, self.position) if options.repeat_guard else None

@@ -27,7 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gemmacli.engine.examples import Examples
+from gemmacli.engine.config import ExtractionConfig
 from gemmacli.errors import (
     ExitStatus,
     ExtractionFailed,
@@ -45,21 +45,12 @@ from gemmacli.jobs.records import RecordSink
 
 @dataclass(frozen=True)
 class ExtractOptions:
-    """Everything a worker needs to build its Extractor and turn a source into a record (picklable)."""
+    """Everything a worker needs to build its Extractor and turn a source into a record (picklable): the
+    schema, the model, how to extract (one ExtractionConfig, as the Extractor takes it) and how to read."""
 
     schema: Any  # a dict or gemmacli.schema.LoadedSchema
     model: str
-    lenient: bool = False
-    max_tokens: int | None = None  # None: sized from the schema (gemmacli.engine.extractor.budget_for)
-    repeat_guard: bool = True
-    spans: str = "annotated"
-    examples: Examples = field(default_factory=Examples)
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    instructions: str | None = None
-    truncate: bool = False
-    threads: int | None = None
+    config: ExtractionConfig = field(default_factory=ExtractionConfig)
     encoding: str = "utf-8"
     errors: str = "strict"
     allow_empty: bool = False
@@ -84,22 +75,8 @@ def build_extractor(options: ExtractOptions) -> ExtractorLike:
     """The real factory: load the model and compile the schema once for this process."""
     from gemmacli.engine.extractor import Extractor
 
-    return Extractor(
-        options.schema,
-        model=options.model,
-        lenient=options.lenient,
-        max_tokens=options.max_tokens,
-        repeat_guard=options.repeat_guard,
-        spans=options.spans,
-        examples=options.examples,
-        temperature=options.temperature,
-        top_p=options.top_p,
-        seed=options.seed,
-        instructions=options.instructions,
-        truncate=options.truncate,
-        threads=options.threads,
-        warn=_ignore_warning,  # the CLI reports --lenient warnings once, before the batch starts
-    )
+    return Extractor(options.schema, model=options.model, config=options.config,
+                     warn=_ignore_warning)  # the CLI reports --lenient warnings once, before the batch
 
 
 def _ignore_warning(_message: str) -> None:

@@ -124,7 +124,8 @@ class Scorer:
     def _score(self, path: str, prediction: Any, label: Any, schema: Any) -> None:
         node = schema if isinstance(schema, dict) else {}
         if isinstance(label, dict):
-            props = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+            found = node.get("properties")
+            props: dict[str, Any] = found if isinstance(found, dict) else {}
             predicted = prediction if isinstance(prediction, dict) else {}
             for key in label:  # what the label names; a key it leaves out is not labelled
                 sub = _MISSING if prediction is _MISSING else predicted.get(key)

@@ -179,7 +179,8 @@ def _jsonl_sources(data: bytes, name: str, text_field: str, id_field: str | None
     """One source per non-blank line; named by `id_field` when given, else FILE:LINE."""
     text = decode(data, name)
     sources = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # "\n" only, not splitlines(): a raw U+2028 may sit inside a JSON string
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         label = "stdin" if name == "-" else name

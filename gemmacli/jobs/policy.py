@@ -89,8 +89,8 @@ def load_policy(arg: str) -> Policy:
     with '{'), then a bundled name. Unreadable file -> InputOutputError (5); not JSON, not a schema, or
     a remote $ref -> SchemaError (3) naming the JSON pointer of the bad part.
     """
-    path = Path(arg)
-    if path.is_file():
+    path: Path | None = Path(arg)
+    if path is not None and path.is_file():
         name, text = arg, _read_policy_file(path)
     elif arg.lstrip().startswith("{"):
         name, text, path = "inline", arg, None
@@ -416,7 +416,7 @@ class CheckRunner:
             if not isinstance(found, str):
                 yield found
                 continue
-            outcome = self._judged(source, next(results))  # type: ignore[arg-type]
+            outcome = self._judged(source, next(results))
             self._remember(found, outcome)
             yield outcome
 
