@@ -1,44 +1,23 @@
-"""Library API: text + schema + model -> validated JSON. The CLI and batch layers call only this.
+"""Extractor: text + checked schema + model -> validated JSON. Batches, checks and eval all go through it.
 
-CONTRACT (implemented by the decoder issue):
+    Extractor(schema, *, model=None, config=None, warn=None, **options)
+        schema   a dict, a LoadedSchema, or a string as `--schema` takes it (file, inline, bundled, concise)
+        model    a name, a folder or a loaded runtime.Model; None: $GEMMACLI_MODEL, else the best installed
+        config   an ExtractionConfig (gemmacli.engine.config), or its fields as keyword options
+        The schema is checked (SchemaError, 3) before the model loads (ModelError, 4).
+    .extract(text) -> ExtractionResult  (data validated with jsonschema; ExtractionFailed, 1, otherwise)
+    extract(text, schema, *, model=None, **options): the one-shot form.
 
-@dataclass
-class ExtractionResult:
-    data: Any               # the JSON value, already validated with jsonschema
-    text: str               # the exact JSON text the model emitted
-    prompt_tokens: int
-    generated_tokens: int   # tokens chosen by the model
-    forced_tokens: int      # tokens taken by jump-forward
-    model_calls: int        # onnxruntime decoder runs
-    seconds: float
-
-class Extractor:
-    '''Loads the model and compiles the schema once; call .extract(text) many times (batches).'''
-    def __init__(self, schema, *, model: Model | str | Path | None = None, lenient=False,
-                 max_tokens=None, temperature=0.0, top_p=1.0, seed=None, instructions=None,
-                 truncate=False, threads=None, warn=None)
-        schema: a dict, or a LoadedSchema from gemmacli.schema.load_schema
-        warn: optional callable(str) that receives --lenient warnings
-        Raises SchemaError (3), ModelError (4).
-    schema_sha256: str; model_name: str; model_sha256: str
-    def extract(self, text: str) -> ExtractionResult     raises ExtractionFailed (1)
-
-def extract(text, schema, *, model=None, **options) -> ExtractionResult
-
-model=None: $GEMMACLI_MODEL, else the best installed model (gemmacli.models.store.default_model).
-
-max_tokens=None sizes the budget from the schema: max(1024, 2 x its smallest output + 64), at most half the
-model's context. A schema whose smallest output does not fit the budget is refused up front (SchemaError, 3).
-
-Additions (backward compatible): Extractor(..., pretty=False) asks the model for bounded pretty whitespace;
-Extractor(..., prefix_cache=True) reuses the KV cache of the prompt's head (instruction + field guide);
+The budget (max_tokens None) is sized from the schema: max(1024, 2 x its smallest output + 64), at most
+half the model's context; a schema whose smallest output cannot fit is refused up front. The prompt's head
+(instruction, field guide, fixed worked examples) is prefilled once and its KV cache reused per document.
 ExtractionResult also carries `model_seconds` (inside onnxruntime), `truncated`, `warnings` and `repeats`
-(loops the repetition guard, gemmacli.engine.loops, led the model out of: the values it cut short);
-Extractor.timings records the llguidance tokenizer build/wait seconds.
+(loops the repetition guard, gemmacli.engine.loops, led the model out of: the values it cut short).
 
-Speed: the `gemmacli` executable sets GEMMACLI_PROCESS_THREAD_POOL=1 (gemmacli.engine.runtime: one onnxruntime
-pool for the decoder and lm_head sessions; 0.31 against 0.34 s per document in bench/bench_extract.py). A
-library caller gets per-session pools unless it sets the variable itself before the first model loads.
+Speed: the `gemmacli` executable sets GEMMACLI_PROCESS_THREAD_POOL=1 (gemmacli.engine.runtime: one
+onnxruntime pool for the decoder and lm_head sessions; 0.31 against 0.34 s per document in
+bench/bench_extract.py). A library caller gets per-session pools unless it sets the variable itself before
+the first model loads.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Model runtime: one onnxruntime session for the decoder graph, one for the lm_head.
 
-CONTRACT (the decoder codes against exactly this; the model-pipeline issue implements it):
+What the decoder relies on (gemmacli.engine.decoder.DecoderModel is its typed form):
 
 A model folder holds (see gemmacli/models/store.py and onnx_models/README.md):
   model.onnx (+ model.onnx.data)   decoder graph: token ids + KV cache in, final-normed hidden state of the
@@ -31,7 +31,7 @@ class Model:
 
 KVCache.length -> int is the number of tokens already in the cache.
 
-Beyond the contract (additive): load(..., spin=False, environ=None) (spin: let onnxruntime's idle threads
+Also: load(..., spin=False, environ=None) (spin: let onnxruntime's idle threads
 spin; off by default), Model.generate_greedy (tests, benchmarks), Model.name, Model.sha256,
 KVCache.copy() (a snapshot owning its buffers: forward writes a GroupQueryAttention graph's cache in place).
 

@@ -1,6 +1,6 @@
 """Where texts come from: stdin, files, globs, folders, JSON Lines. Shared by `extract` and `check`.
 
-CONTRACT:
+In brief:
 @dataclass(frozen=True)
 class Source:
     name: str              # what a record calls "source": the path as given, "-" for stdin, or a JSONL id

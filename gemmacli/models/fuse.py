@@ -1,6 +1,6 @@
 """Graph rewrites applied after optimum's export and before INT4 quantization.
 
-CONTRACT: fuse_attention(model: onnx.ModelProto, config: dict) -> onnx.ModelProto
+In brief: fuse_attention(model: onnx.ModelProto, config: dict) -> onnx.ModelProto
     `config` is the HF config.json as a dict. Keeps the graph's input and output names and their meaning
     unchanged (input_ids, attention_mask, past_key_values.N.key/value in; hidden or logits and
     present.N.key/value out), so gemmacli.engine.runtime needs no knowledge of which attention the graph uses.

@@ -1,6 +1,6 @@
 """What the grammar engine can enforce: a loaded schema checked before any model work.
 
-CONTRACT:
+In brief:
 def check_schema(schema: dict, *, lenient: bool, options: dict | None = None) -> tuple[dict, list[str]]
     Depth and regex checks (gemmacli.schema.preflight), metaschema check (exit 3 naming the JSON
     pointer), remote $ref refusal, keywords llguidance cannot enforce (exit 3 naming each, or dropped

@@ -1,6 +1,6 @@
 """Reading a schema: from a file, inline JSON, a bundled name or the concise syntax, into one JSON Schema.
 
-CONTRACT:
+In brief:
 @dataclass
 class LoadedSchema:
     schema: dict
