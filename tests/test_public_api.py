@@ -37,3 +37,22 @@ def test_extract_from_python_with_a_config(tiny_model_dir: Path) -> None:
     assert caught.value.option == "max_tokens" and "--" not in caught.value.message
     with pytest.raises(TypeError):
         gemmacli.Extractor(schema, model=tiny_model_dir, max_tokenz=3)
+
+
+def test_the_cli_checks_a_schema_once_per_command(tiny_model_dir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI prepares the schema (gemmacli.schema.PreparedSchema) and hands it down: no Extractor
+    checks it again, however many documents (before: once in the CLI, again in every Extractor)."""
+    from cli import run_cli
+
+    import gemmacli.schema.prepared as prepared
+
+    calls = []
+    original = prepared.check_schema
+    monkeypatch.setattr(prepared, "check_schema", lambda *a, **k: calls.append(1) or original(*a, **k))
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (tmp_path / name).write_text(f"{name} says n is 3")
+    result = run_cli(["extract", "--schema", "n int", "-m", str(tiny_model_dir), str(tmp_path / "a.txt"),
+                      str(tmp_path / "b.txt"), str(tmp_path / "c.txt")], environ={"HOME": str(tmp_path)})
+    assert result.status == 0, result.stderr
+    assert len(result.records()) == 3 and len(calls) == 1

@@ -146,11 +146,10 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
         raise UsageError("--jobs must be 0 (auto) or more")
     policy = load_policy(args.policy)
 
-    from gemmacli.schema import check_schema, load_schema
+    from gemmacli.schema import load_schema, prepare_schema
 
-    loaded_schema = load_schema(args.schema)
-    _, schema_warnings = check_schema(loaded_schema.schema, lenient=args.lenient)
-    for warning in schema_warnings:
+    loaded_schema = prepare_schema(load_schema(args.schema), lenient=args.lenient)  # checked once
+    for warning in loaded_schema.warnings:
         env.warn(warning)
 
     sources = _sources(args, env)

@@ -33,7 +33,7 @@ from gemmacli.jobs import batch
 from gemmacli.jobs.evaluate import LabelledFields, Scorer, read_labelled
 from gemmacli.jobs.inputs import Source
 from gemmacli.jobs.progress import make_progress
-from gemmacli.schema import check_schema, load_schema
+from gemmacli.schema import load_schema, prepare_schema
 
 EXAMPLES = """\
 examples:
@@ -83,8 +83,8 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
         raise UsageError(f"--min-score is a score between 0 and 1, not {args.min_score}")
     if args.jobs < 0:
         raise UsageError("--jobs must be 0 (one per CPU) or more")
-    loaded = load_schema(args.schema)
-    for warning in check_schema(loaded.schema, lenient=args.lenient)[1]:
+    loaded = prepare_schema(load_schema(args.schema), lenient=args.lenient)  # checked once
+    for warning in loaded.warnings:
         env.warn(warning)
     fields = LabelledFields(args.text_field, args.label_field, args.id_field)
     records = read_labelled(args.data, fields, args.limit)

@@ -244,8 +244,9 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _load_schema(args: argparse.Namespace, env: Environment) -> Any:
-    """Load and check the schema before any model work; say which reading of --schema was taken."""
-    from gemmacli.schema import check_schema, load_schema
+    """Load and check the schema before any model work, once (the batch hands the PreparedSchema down to
+    every worker); say which reading of --schema was taken."""
+    from gemmacli.schema import load_schema, prepare_schema
     from gemmacli.schema.dsl import looks_like_dsl
 
     loaded = load_schema(args.schema)
@@ -261,10 +262,10 @@ def _load_schema(args: argparse.Namespace, env: Environment) -> Any:
             f"{args.schema!r} is not a file or a bundled schema; reading it as the concise syntax "
             "(one string field). `gemmacli schema list` shows the bundled names."
         )
-    _, warnings = check_schema(loaded.schema, lenient=args.lenient)
-    for warning in warnings:
+    prepared = prepare_schema(loaded, lenient=args.lenient)
+    for warning in prepared.warnings:
         env.warn(warning)
-    return loaded
+    return prepared
 
 
 def _gather_sources(args: argparse.Namespace, env: Environment, stdin: Readable) -> list[Source]:

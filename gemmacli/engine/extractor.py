@@ -36,7 +36,6 @@ from gemmacli.engine.grammar import (
     TokenizerBuild,
     close_objects,
     compile_grammar,
-    json_options,
     lark_grammar,
     new_matcher,
 )
@@ -46,11 +45,11 @@ from gemmacli.errors import ExtractionFailed, ModelError, SchemaError, UsageErro
 from gemmacli.models import store
 from gemmacli.schema import (
     LoadedSchema,
+    PreparedSchema,
     canonical_json,
-    check_schema,
     join_pointer,
     load_schema,
-    schema_sha256,
+    prepare_schema,
 )
 from gemmacli.schema.sizing import smallest_json, string_hints
 
@@ -87,22 +86,27 @@ def _validator(schema: dict) -> Any:
     return cls(schema)
 
 
-def _schema_of(schema: dict | LoadedSchema | str) -> tuple[dict, str]:
-    """(the schema, its sha256) from a dict, a LoadedSchema, or a string as `gemmacli.load_schema` reads
-    one (a file, inline JSON, a bundled name, the concise syntax); SchemaError for anything else."""
+SchemaLike = dict | LoadedSchema | PreparedSchema | str
+
+
+def _prepared(schema: SchemaLike, config: ExtractionConfig) -> PreparedSchema:
+    """The schema checked for these options: as given when it was prepared for them (the CLI checks once
+    per command), else checked here. A string is read as `--schema` reads one; SchemaError otherwise."""
+    if isinstance(schema, PreparedSchema) and schema.fits(lenient=config.lenient, pretty=config.pretty):
+        return schema
+    if isinstance(schema, PreparedSchema):
+        schema = LoadedSchema(schema.schema, schema.source, schema.path, schema.sha256)
     if isinstance(schema, str):
         schema = load_schema(schema)
-    if isinstance(schema, LoadedSchema):
-        return schema.schema, schema.sha256
-    if isinstance(schema, dict):
-        return schema, schema_sha256(schema)
-    raise SchemaError(f"a schema must be a JSON object, not {type(schema).__name__}", pointer="")
+    if not isinstance(schema, LoadedSchema | dict):
+        raise SchemaError(f"a schema must be a JSON object, not {type(schema).__name__}", pointer="")
+    return prepare_schema(schema, lenient=config.lenient, pretty=config.pretty)
 
 
 class Extractor:
     """Loads the model and compiles the schema once; call .extract(text) many times (batches)."""
 
-    def __init__(self, schema: dict | LoadedSchema | str, *, model: Model | str | Path | None = None,
+    def __init__(self, schema: SchemaLike, *, model: Model | str | Path | None = None,
                  config: ExtractionConfig | None = None, warn: Callable[[str], None] | None = None,
                  **options: Any) -> None:
         """`config` (gemmacli.engine.config.ExtractionConfig), or its fields as keyword `options`;
@@ -111,7 +115,8 @@ class Extractor:
         self.config = config if config is not None else ExtractionConfig.from_options(**options)
         if config is not None and options:
             raise TypeError("pass either config or keyword options, not both")
-        self.schema, self.schema_sha256 = _schema_of(schema)
+        self.prepared = _prepared(schema, self.config)
+        self.schema, self.schema_sha256 = self.prepared.schema, self.prepared.sha256
         self.examples = self.config.examples
         self.timings: dict[str, float] = {}
         self._prepare_schema(warn)
@@ -133,11 +138,10 @@ class Extractor:
         return self.config.truncate
 
     def _prepare_schema(self, warn: Callable[[str], None] | None) -> None:
-        """Check the schema once (warnings to `warn`), compile its grammar, and ready the span schema,
-        the validator and the string hints the repetition guard completes values from."""
+        """Compile the checked schema's grammar (its warnings to `warn`), and ready the span schema, the
+        validator and the string hints the repetition guard completes values from."""
         pretty = self.config.pretty
-        compile_schema, self.warnings = check_schema(self.schema, lenient=self.config.lenient,
-                                                     options=json_options(pretty))
+        compile_schema, self.warnings = self.prepared.enforced, list(self.prepared.warnings)
         if warn is not None:
             for message in self.warnings:
                 warn(message)
@@ -292,7 +296,7 @@ def budget_for(schema: dict, model: Any, max_tokens: int | None) -> tuple[int, i
     return smallest, budget
 
 
-def extract(text: str, schema: dict | LoadedSchema | str, *, model: Model | str | Path | None = None,
+def extract(text: str, schema: SchemaLike, *, model: Model | str | Path | None = None,
             **options: Any) -> ExtractionResult:
     """One-shot convenience: build an Extractor and extract one document."""
     return Extractor(schema, model=model, **options).extract(text)

@@ -24,18 +24,7 @@ from typing import Any, cast
 import numpy as np
 
 from gemmacli.errors import ModelError, SchemaError
-from gemmacli.schema import COMPACT_OPTIONS, walk_schema
-
-#: Pretty mode: a newline and up to 16 spaces of indentation where JSON allows whitespace, never more,
-#: so a model still cannot spin in whitespace.
-PRETTY_OPTIONS: dict[str, Any] = {"whitespace_pattern": r"(\n {0,16})?", "item_separator": ",",
-                                  "key_separator": ": ?"}
-
-
-def json_options(pretty: bool = False) -> dict[str, Any]:
-    """llguidance JSON options: compact (default) or bounded pretty whitespace."""
-    return dict(PRETTY_OPTIONS if pretty else COMPACT_OPTIONS)
-
+from gemmacli.schema import json_options, walk_schema
 
 # ------------------------------------------------------------------------------------------ tokenizer
 

@@ -25,11 +25,14 @@ from gemmacli.schema.load import (
 )
 from gemmacli.schema.pointers import RefIndex, join_pointer, resolve_pointer, walk_schema
 from gemmacli.schema.preflight import check_depth, check_patterns
-from gemmacli.schema.probes import COMPACT_OPTIONS
+from gemmacli.schema.prepared import PreparedSchema, prepare_schema
+from gemmacli.schema.probes import COMPACT_OPTIONS, PRETTY_OPTIONS, json_options
 
 __all__ = [
     "COMPACT_OPTIONS",
+    "PRETTY_OPTIONS",
     "LoadedSchema",
+    "PreparedSchema",
     "RefIndex",
     "bundled_schemas",
     "canonical_json",
@@ -37,7 +40,9 @@ __all__ = [
     "check_patterns",
     "check_schema",
     "join_pointer",
+    "json_options",
     "load_schema",
+    "prepare_schema",
     "resolve_pointer",
     "schema_sha256",
     "schemas_dir",

@@ -103,3 +103,14 @@ def locate_error(root: dict, message: str, options: dict | None = None, budget: 
         else:
             return pointer
     return pointer
+
+
+#: Pretty mode: a newline and up to 16 spaces of indentation where JSON allows whitespace, never more,
+#: so a model still cannot spin in whitespace.
+PRETTY_OPTIONS: dict[str, Any] = {"whitespace_pattern": r"(\n {0,16})?", "item_separator": ",",
+                                  "key_separator": ": ?"}
+
+
+def json_options(pretty: bool = False) -> dict[str, Any]:
+    """llguidance JSON options: compact (default) or bounded pretty whitespace."""
+    return dict(PRETTY_OPTIONS if pretty else COMPACT_OPTIONS)
