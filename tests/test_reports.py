@@ -58,7 +58,7 @@ def test_jsonl_has_one_record_per_file_in_order(outcomes):
         "message": "must be false", "value": True,
         "description": "Documents must not contain credentials.",
     }
-    assert records[2]["error"] == {"kind": "extraction", "message": "max tokens reached"}
+    assert records[2]["error"] == {"type": "extraction", "message": "max tokens reached"}
     assert all(record["cached"] is False for record in records)
 
 

@@ -27,6 +27,7 @@ from gemmacli.errors import (
     InputOutputError,
     SchemaError,
 )
+from gemmacli.jobs.batch import ExtractorLike
 from gemmacli.jobs.inputs import require_text
 from gemmacli.schema import canonical_json, check_depth, check_patterns, join_pointer, schema_sha256
 
@@ -265,7 +266,7 @@ class FileOutcome:
         """The JSON Lines record and the cache entry (without `cached`, which is per run)."""
         record: dict[str, Any] = {"source": self.source, "status": self.status}
         if self.status == ERROR:
-            record["error"] = {"kind": self.error_kind, "message": self.error}
+            record["error"] = {"type": self.error_kind, "message": self.error}  # as extract's records
         else:
             record["violations"] = [violation.to_dict() for violation in self.violations]
             record["data"] = self.data
@@ -285,7 +286,7 @@ class FileOutcome:
             violations=[Violation.from_dict(v) for v in record.get("violations", [])],
             data=record.get("data"),
             error=error.get("message"),
-            error_kind=error.get("kind"),
+            error_kind=error.get("type", error.get("kind")),  # "kind" in caches written before
             cached=cached,
             warnings=[str(w) for w in record.get("warnings", [])],
         )
@@ -346,12 +347,6 @@ class SourceLike(Protocol):
     path: Path | None
 
     def read_text(self, *, encoding: str = ..., errors: str = ...) -> str: ...
-
-
-class ExtractorLike(Protocol):
-    """What the runner needs of gemmacli.engine.extractor.Extractor."""
-
-    def extract(self, text: str) -> Any: ...
 
 
 class CacheLike(Protocol):
