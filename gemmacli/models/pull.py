@@ -73,7 +73,7 @@ def download(repo: str, revision: str, target: Path, environ: Mapping[str, str])
             raise ModelError(f"HF_HUB_OFFLINE is set and {repo} is not in the local Hugging Face cache",
                              hint="unset HF_HUB_OFFLINE to download it; " + OFFLINE_ROUTES) from exc
         raise ModelError(f"cannot download {repo}@{revision} from {where}: {_first_line(exc)}",
-                         hint=f"check the network (or HF_ENDPOINT) and run it again; {OFFLINE_ROUTES}") from exc
+                         hint=f"check the network (or HF_ENDPOINT), run it again; {OFFLINE_ROUTES}") from exc
     if not (folder / GRAPH_FILE).is_file():
         raise ModelError(f"{repo}@{revision} has no {GRAPH_FILE}")
     commit = _commit_of(folder, revision)
