@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,32 @@ def json_bytes(value: Any, *, indent: int | None = None, compact: bool = True) -
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def read_json_lines(path: Path, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSON Lines file (`what` names it in messages).
+
+    Lines end at a newline only: a JSON string may hold a raw U+2028, which str.splitlines() would cut.
+    An unreadable or non-UTF-8 file is an InputOutputError (5); a line that is not a JSON object, a
+    UsageError (2) naming FILE:LINE.
+    """
+    from gemmacli.errors import InputOutputError, UsageError
+
+    try:
+        handle = path.open(encoding="utf-8", newline="\n")
+    except OSError as exc:
+        raise InputOutputError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    with handle:
+        try:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UsageError(f"{path}:{number}: not a JSON object: {exc.msg}") from exc
+                if not isinstance(record, dict):
+                    raise UsageError(f"{path}:{number}: not a JSON object")
+                yield number, record
+        except UnicodeDecodeError as exc:
+            raise InputOutputError(f"{what} {path} is not UTF-8: {exc}") from exc

@@ -9,17 +9,15 @@ A file lock keeps parallel pytest processes from building the same model twice.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from extras import requires_torch
+from extras import file_lock, requires_torch
 
 FIXTURE_VERSION = "tiny-1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -40,23 +38,12 @@ def _recipe_key() -> str:
     return f"{FIXTURE_VERSION}-{digest.hexdigest()[:12]}"
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def build_cached(label: str, builder: Callable[[Path], object]) -> Path:
     """Run `builder(folder)` once per recipe key; later calls (and other processes) reuse the folder."""
     root = _cache_root() / _recipe_key()
     folder = root / label
     done = root / f"{label}.done"
-    with _file_lock(root / f"{label}.lock"):
+    with file_lock(root / f"{label}.lock"):
         if not done.is_file():
             if folder.exists():
                 shutil.rmtree(folder)

@@ -12,7 +12,6 @@ per code version (`build_cached`), a file lock keeping parallel pytest processes
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import itertools
 import json
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from extras import requires_torch
+from extras import file_lock, requires_torch
 
 if TYPE_CHECKING:
     from gemmacli.models.gguf_file import GGUFModel
@@ -43,17 +42,6 @@ FIXTURE_VERSION = "gguf-1"
 
 def cache_root() -> Path:
     return Path(os.environ.get("GEMMACLI_GGUF_TEST_CACHE", REPO_ROOT / ".cache" / "gguf"))
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def code_key(*relative_paths: str, extra: str = "") -> str:

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from gemmacli.engine.prompt import Demonstration
-from gemmacli.errors import InputOutputError, UsageError
+from gemmacli.errors import UsageError
+from gemmacli.files import read_json_lines
 from gemmacli.schema import LoadedSchema, schemas_dir
 
 SELECTIONS = ("fixed", "similar")
@@ -141,25 +142,7 @@ def _ordered(value: Any, schema: Any) -> Any:
 
 
 def _read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    try:
-        # "\n" only: str.splitlines() also splits at U+2028 and friends, which JSON strings may hold raw
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except OSError as exc:
-        raise InputOutputError(f"cannot read examples file {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise InputOutputError(f"examples file {path} is not UTF-8: {exc}") from exc
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{path}:{number}: not a JSON object: {exc.msg}") from exc
-        if not isinstance(record, dict):
-            raise UsageError(f"{path}:{number}: not a JSON object")
-        records.append((number, record))
-    return records
+    return list(read_json_lines(path, "examples file"))
 
 
 def _fields(record: dict[str, Any], source: ExampleSource, number: int) -> tuple[str, Any]:

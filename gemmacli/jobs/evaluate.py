@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemmacli.errors import InputOutputError, UsageError
+from gemmacli.errors import UsageError
+from gemmacli.files import read_json_lines
 
 _TRAILING = string.punctuation.replace(")", "").replace("]", "").replace("%", "") + " "
 _MISSING = object()  # the prediction of a failed extraction: equal to nothing
@@ -194,28 +195,16 @@ class LabelledFields:
 def read_labelled(path: Path, fields: LabelledFields = LabelledFields(),
                   limit: int | None = None) -> list[LabelledRecord]:
     """The records of a labelled JSON Lines file (the first `limit`); UsageError naming a bad line."""
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise InputOutputError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    with handle:
-        return list(_records(handle, path, fields, limit))
+    return list(_records(read_json_lines(path, "labelled data"), path, fields, limit))
 
 
-def _records(lines: Iterable[str], path: Path, fields: LabelledFields,
+def _records(lines: Iterable[tuple[int, dict[str, Any]]], path: Path, fields: LabelledFields,
              limit: int | None) -> Iterator[LabelledRecord]:
     seen: set[str] = set()
-    count = 0
-    for number, line in enumerate(lines, 1):
-        if limit is not None and count >= limit:
+    for number, record in lines:
+        if limit is not None and len(seen) >= limit:
             return
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{path}:{number}: not JSON: {exc.msg}") from exc
-        if not isinstance(record, dict) or not isinstance(record.get(fields.text), str) \
+        if not isinstance(record.get(fields.text), str) \
                 or fields.label not in record:
             raise UsageError(f"{path}:{number}: a record needs a string {fields.text!r} and a "
                              f"{fields.label!r}",
@@ -224,6 +213,5 @@ def _records(lines: Iterable[str], path: Path, fields: LabelledFields,
         if ident in seen:
             raise UsageError(f"{path}:{number}: id {ident!r} appears twice")
         seen.add(ident)
-        count += 1
         yield LabelledRecord(ident, record[fields.text], record[fields.label])
 
