@@ -93,3 +93,14 @@ def test_extracted_spans_always_come_from_the_text(tiny_model_dir: Path) -> None
             assert value is None or json.dumps(value)[1:-1] in escaped
     unconstrained = Extractor(schema, model=tiny_model_dir, spans="none").extract("Meet Grace.").data
     assert set(unconstrained) == {"who", "where"}
+
+
+def test_a_span_never_ends_inside_a_json_escape(tokenizer: Any) -> None:
+    """Receipts with quotes and line breaks: a span ending after the backslash of `\\"` or `\\n` would
+    make the closing quote an escaped one, and the JSON run on (seen on SROIE as invalid output)."""
+    schema = {"type": "object", "properties": {"a": {"type": "string", "x-gemmacli": {"span": True}}},
+              "required": ["a"], "additionalProperties": False}
+    text = 'TOTAL "RM" 9.00\nTHANK YOU'
+    assert accepts(tokenizer, schema, text, '{"a":"TOTAL \\"RM\\" 9.00\\nTHANK"}')
+    assert not accepts(tokenizer, schema, text, '{"a":"TOTAL \\"}')
+    assert not accepts(tokenizer, schema, text, '{"a":"9.00\\"}')

@@ -2,8 +2,9 @@
 
 A 270M model asked for a phone number writes a plausible one (`"010 7946 0000"`) as readily as the one in
 the text. For fields that name things in the text (names, numbers, addresses, amounts) the grammar can
-allow only what the text contains: llguidance's `%regex {"substring_words": TEXT}` matches any run of
-whole words of TEXT. The model then chooses *which* span (or null), never invents one.
+allow only what the text contains: llguidance's `%regex {"substring_chunks": [...]}` matches any run of
+the text's pieces (whole words, spaces, punctuation, whole JSON escapes: `span_chunks`). The model then
+chooses *which* span (or null), never invents one.
 
 Which fields:
   annotated (default)  string fields marked `"x-gemmacli": {"span": true}` in the schema
@@ -19,6 +20,7 @@ is not possible (under $ref, anyOf, open objects) keeps its plain JSON-schema gr
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 ANNOTATION = "x-gemmacli"
@@ -49,13 +51,27 @@ def span_grammar(schema: dict, text: str, mode: str = "annotated") -> str | None
     if not writer.reaches_span(schema):
         return None
     start = writer.value(schema)
-    span = f'SPAN: %regex {{"substring_words": {json.dumps(_json_escaped(text))}}}'
+    span = f'SPAN: %regex {{"substring_chunks": {json.dumps(span_chunks(text), ensure_ascii=False)}}}'
     return "\n".join([f"start: {start}", *writer.rules, *writer.terminals.values(), span, ""])
 
 
 def _json_escaped(text: str) -> str:
     """The text as it appears inside a JSON string (the output is JSON: the span is matched there)."""
     return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
+#: A span starts and ends at these boundaries: whole words, runs of white space, single punctuation marks,
+#: and whole JSON escapes (`\n`, `\"`, `\u00e9`): a span that ended inside `\"` would turn the closing
+#: quote into an escaped one and run on past the value (seen on receipts with quotes and newlines).
+_CHUNK = re.compile(r'\\u[0-9a-fA-F]{4}|\\.|\w+|\s+|[^\w\s\\]')
+
+
+def span_chunks(text: str) -> list[str]:
+    """The JSON-escaped text cut into the pieces a span is made of (llguidance's substring_chunks)."""
+    escaped = _json_escaped(text)
+    chunks = _CHUNK.findall(escaped)
+    assert "".join(chunks) == escaped  # every character belongs to one chunk
+    return chunks
 
 
 def _literal(text: str) -> str:
