@@ -51,15 +51,16 @@ class Examples:
     shots: int = DEFAULT_SHOTS
     select: str = "fixed"
     idf: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
+    #: each pool example's words, found once here rather than for every text
+    words: list[frozenset[str]] = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.select not in SELECTIONS:
             raise UsageError(f"select must be one of {', '.join(SELECTIONS)}, not {self.select!r}",
                              option="select")
-        if self.select == "similar" and not self.idf:
-            counts: Counter[str] = Counter()
-            for example in self.pool:
-                counts.update(set(_words(example.text)))
+        if self.select == "similar" and not self.words:
+            self.words.extend(frozenset(_words(example.text)) for example in self.pool)
+            counts: Counter[str] = Counter(word for words in self.words for word in words)
             total = len(self.pool) + 1
             self.idf.update({w: math.log(total / (1 + n)) + 1.0 for w, n in counts.items()})
 
@@ -71,7 +72,7 @@ class Examples:
         if not self.per_text:
             return self.pool[: self.shots]
         words = set(_words(text))
-        scores = [sum(self.idf.get(w, 0.0) for w in words & set(_words(e.text))) for e in self.pool]
+        scores = [sum(self.idf.get(w, 0.0) for w in words & known) for known in self.words]
         best = sorted(range(len(self.pool)), key=lambda i: (-scores[i], i))[: self.shots]
         return tuple(self.pool[i] for i in sorted(best, key=lambda i: scores[i]))  # most similar last
 
