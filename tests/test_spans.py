@@ -104,3 +104,12 @@ def test_a_span_never_ends_inside_a_json_escape(tokenizer: Any) -> None:
     assert accepts(tokenizer, schema, text, '{"a":"TOTAL \\"RM\\" 9.00\\nTHANK"}')
     assert not accepts(tokenizer, schema, text, '{"a":"TOTAL \\"}')
     assert not accepts(tokenizer, schema, text, '{"a":"9.00\\"}')
+
+
+def test_arrays_keep_their_item_bounds(tokenizer: Any) -> None:
+    item = {"type": "string", "x-gemmacli": {"span": True}}
+    schema = {"type": "object", "properties": {"xs": {"type": "array", "maxItems": 2, "items": item}},
+              "required": ["xs"], "additionalProperties": False}
+    assert accepts(tokenizer, schema, "a b c", '{"xs":["a","b"]}')
+    assert not accepts(tokenizer, schema, "a b c", '{"xs":["a","b","c"]}')
+    assert not accepts(tokenizer, schema, "a b c", '{"xs":["d"]}')

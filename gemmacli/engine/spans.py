@@ -109,7 +109,7 @@ class _Writer:
 
     def _array(self, node: Any) -> bool:
         return (isinstance(node, dict) and node.get("type") == "array" and isinstance(node.get("items"), dict)
-                and int(node.get("minItems", 0)) <= 1 and "maxItems" not in node
+                and int(node.get("minItems", 0)) <= 1 and int(node.get("maxItems", 1)) >= 1
                 and not node.get("uniqueItems") and not any(k in node for k in (*_NOT_PLAIN, "prefixItems",
                                                                                 "contains")))
 
@@ -168,6 +168,8 @@ class _Writer:
 
     def _write_array(self, node: dict) -> str:
         item = self._rule(self.value(node["items"]))
-        items = f'{item} ("," {item})*'
+        most = node.get("maxItems")
+        more = "*" if most is None else f"{{0,{int(most) - 1}}}"
+        items = f'{item} ("," {item}){more}'
         body = items if int(node.get("minItems", 0)) == 1 else f"({items})?"
         return f'"[" {body} "]"'
