@@ -52,8 +52,7 @@ PROBES = ("e", "x", "Q", "7")
 #: vocabulary). Dequantizing n INT4 rows in numpy costs far more per row than onnxruntime's fused kernel,
 #: so the crossover is a few hundred rows; bench/bench_extract.py measures it.
 LM_HEAD_THRESHOLD = 512
-#: A choice among more tokens than this is free text (a name, a span of the text), not one of a few values:
-#: the repetition guard treats an array item written twice in free text as a loop (gemmacli.engine.loops).
+#: More allowed tokens than this: free text (a name, a span), not a few values (see loops.RepeatGuard.push).
 FREE_CHOICE = 16
 
 
@@ -289,8 +288,7 @@ class _Decoding:
             return decided
         ids, logits = self._allowed_logits(ids, lazy_logits)
         self.last_chosen = not _one_text(ids, self.tokenizer)
-        # many allowed: free text (or a span of the text), not one of an enum's few values
-        self.last_free = count > FREE_CHOICE
+        self.last_free = count > FREE_CHOICE  # free text, not one of an enum's few values
         if loop is not None and count > 1:  # with one token allowed there is no way out to choose
             narrowed = self._lead_out(loop, ids, logits)
             if narrowed is None:
