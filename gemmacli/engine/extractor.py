@@ -117,7 +117,6 @@ class Extractor:
             raise TypeError("pass either config or keyword options, not both")
         self.prepared = _prepared(schema, self.config)
         self.schema, self.schema_sha256 = self.prepared.schema, self.prepared.sha256
-        self.examples = self.config.examples
         self.timings: dict[str, float] = {}
         self._prepare_schema(warn)
         self._load_model(model)
@@ -236,8 +235,8 @@ class Extractor:
         model = self.model
         prompt = encode_prompt(model.tokenizer, model.config, self.schema, text,
                                instructions=self.instructions, max_tokens=self.max_tokens,
-                               examples=self.examples.for_text(text),
-                               examples_in_head=not self.examples.per_text,
+                               examples=self.config.examples.for_text(text),
+                               examples_in_head=not self.config.examples.per_text,
                                truncate=self.truncate)
         # In the first document of a process llguidance builds its token table during the prefill
         # (gemmacli.engine.grammar.TokenizerBuild); later documents find it cached.

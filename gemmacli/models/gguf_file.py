@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ class GGUFModel:
     path: Path
     reader: Any
     tensors: dict[str, Any]
+    #: the vocabulary, read once: 262,144 pieces, scores and types are three costly field reads
+    _vocabulary: Vocabulary | None = dataclass_field(default=None, repr=False, compare=False)
 
     @classmethod
     def open(cls, path: Path) -> GGUFModel:
@@ -120,6 +123,11 @@ class GGUFModel:
         }
 
     def vocabulary(self) -> Vocabulary:
+        if self._vocabulary is None:
+            self._vocabulary = self._read_vocabulary()
+        return self._vocabulary
+
+    def _read_vocabulary(self) -> Vocabulary:
         tokens = self.field("tokenizer.ggml.tokens")
         if not tokens or self.field("tokenizer.ggml.model") != "llama":
             raise ModelError(f"{self.path} carries no SentencePiece vocabulary (tokenizer.ggml.model llama)")
