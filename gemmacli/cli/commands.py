@@ -126,9 +126,9 @@ class HashingReader:
 
 def register_all(sub: argparse._SubParsersAction) -> None:
     """Each command module adds its own subparser(s), in the order `--help` lists them."""
-    from gemmacli.cli import check_cmd, completion, eval_cmd, extract_cmd, model_cmd, schema_cmd
+    from gemmacli.cli import check_cmd, completion, eval_cmd, extract_cmd, model_cmd, schema_cmd, tune_cmd
 
-    for module in (extract_cmd, check_cmd, eval_cmd, schema_cmd, model_cmd, completion):
+    for module in (extract_cmd, check_cmd, eval_cmd, tune_cmd, schema_cmd, model_cmd, completion):
         module.register(sub)
 
 

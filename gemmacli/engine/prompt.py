@@ -184,8 +184,18 @@ EXAMPLES_CLOSING = "\nJSON: "
 
 
 def style_for(config: Any) -> str:
-    """"document" for a pretrained base model, else "chat" (gemmacli.models.store.ModelConfig.kind)."""
+    """The style the model declares (a tuned model: the one it was trained on), else "document" for a
+    pretrained base model and "chat" for the others (gemmacli.models.store.ModelConfig)."""
+    declared = getattr(config, "prompt_style", "")
+    if declared in ("document", "chat"):
+        return str(declared)
     return "document" if getattr(config, "kind", "instruct") == "base" else "chat"
+
+
+def first_guide_level(config: Any) -> int:
+    """The fullest field guide the model reads (ModelConfig.guide_level; a tuned model: none)."""
+    level = int(getattr(config, "guide_level", 0) or 0)
+    return min(max(level, 0), len(GUIDE_LEVELS) - 1)
 
 
 @dataclass
@@ -234,7 +244,7 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
     clipped_ids = _encode(tokenizer, text.strip()) if clipped else None  # the clip's ids, once
     body = (clipped_ids + closing) if clipped_ids is not None else body_ids(text)
     if not clipped:
-        for level in range(len(GUIDE_LEVELS)):  # a big schema's guide shrinks before the text is touched
+        for level in range(first_guide_level(config), len(GUIDE_LEVELS)):  # the guide shrinks first
             head = head_ids(level)
             if len(head) + len(body) <= budget:
                 return Prompt(head + body, False, len(head))
@@ -246,7 +256,8 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
             hint="use truncate to cut the text to fit, or lower max_tokens",
             option=("truncate", "max_tokens"),
         )
-    level = next((i for i in range(len(GUIDE_LEVELS)) if len(head_ids(i)) < budget // 2),
+    level = next((i for i in range(first_guide_level(config), len(GUIDE_LEVELS))
+                  if len(head_ids(i)) < budget // 2),
                  len(GUIDE_LEVELS) - 1)
     head = head_ids(level)
     fixed = len(head) + len(closing)
