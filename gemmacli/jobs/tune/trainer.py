@@ -113,11 +113,7 @@ class Trainer:
                 status.losses.append(round(status.loss, 5))
                 self._plan(status)
                 report("step", status)
-                if after_step is not None:
-                    after_step(status)
-                if self._signal is not None:
-                    self.save(checkpoint)
-                    raise Terminated if self._signal == signal.SIGTERM else KeyboardInterrupt
+                self._between_steps(checkpoint, after_step)
                 if time.monotonic() - last_save >= self.options.checkpoint_minutes * 60:
                     self.evaluate_dev(report)
                     self.save(checkpoint)
@@ -125,6 +121,18 @@ class Trainer:
                     last_save = time.monotonic()
         self.evaluate_dev(report)
         return status
+
+    def _between_steps(self, checkpoint: Path, after_step: Callable[[Status], None] | None) -> None:
+        """The one place a run may stop early: the step is complete, so the checkpoint is consistent."""
+        try:
+            if after_step is not None:
+                after_step(self.status)
+        except KeyboardInterrupt:
+            self.save(checkpoint)
+            raise
+        if self._signal is not None:
+            self.save(checkpoint)
+            raise Terminated if self._signal == signal.SIGTERM else KeyboardInterrupt
 
     def _batches(self) -> Iterator[tuple[int, int, list[int]]]:
         lengths = [len(s.ids) for s in self.train_set]
