@@ -99,7 +99,7 @@ def test_the_tuned_folder_extracts_with_the_prompt_it_learnt(tuned: dict[str, An
 
     folder = setup["root"] / "models" / "tuned"
     config = store.ModelConfig.from_folder(folder)
-    assert (config.kind, config.prompt_style, config.guide_level) == ("tuned", "document", 2)
+    assert (config.kind, config.prompt_style, config.guide_level) == ("tuned", "document", 3)
     extractor = Extractor(SCHEMA, model=folder)
     text = "the film 7 was great"
     result = extractor.extract(text)

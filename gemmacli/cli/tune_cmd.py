@@ -62,9 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=16, help="sequences a step (default 16)")
     parser.add_argument("--max-prompt-tokens", type=positive_int, default=512,
                         help="texts longer than this are cut for training (default 512)")
-    parser.add_argument("--field-guide", action="store_true",
-                        help="train on the prompt with the schema's field guide (default: the short prompt, "
-                             "which the tuned model then declares and extract uses)")
+    parser.add_argument("--prompt", choices=("guide", "terse", "short", "bare"), default="bare",
+                        help="the prompt trained on, which the model then declares and extract builds: the "
+                             "instruction with the schema's field guide, a terse guide, the instruction "
+                             "alone, or the text alone (default: bare; shorter prompts train faster)")
     parser.add_argument("--seed", type=int, default=0, help="data order and LoRA initialisation (default 0)")
     parser.add_argument("-n", "--limit", type=positive_int, default=None, metavar="N",
                         help="train on the first N records only")
@@ -96,7 +97,7 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
         minutes=args.minutes, epochs=args.epochs, method=args.method, rank=args.rank, learning_rate=args.lr,
         batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens, seed=args.seed,
         precision=args.precision, dev_limit=args.dev_limit, checkpoint_minutes=args.checkpoint_minutes,
-        field_guide=args.field_guide, limit=args.limit, threads=args.threads, resume=args.resume,
+        prompt=args.prompt, limit=args.limit, threads=args.threads, resume=args.resume,
         force=args.force, score_fp32=args.score_fp32)
     lines = _Lines(env)
     hooks = TuneHooks(report=lines.report, info=env.info, stage_report=env.info,

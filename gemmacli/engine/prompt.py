@@ -125,12 +125,17 @@ def _neutralise(text: str) -> str:
     return text
 
 
-#: Guide sizes tried in turn when the prompt does not fit: full, terse, none.
+#: Guide sizes tried in turn when the prompt does not fit: full, terse, none, and last the bare prompt
+#: (no instruction either). A tuned model declares the level it was trained on (ModelConfig.guide_level):
+#: it learnt what the fields mean, and every prompt token costs training time.
 GUIDE_LEVELS: tuple[dict[str, Any], ...] = (
     {"max_lines": 60, "descriptions": True, "max_chars": 4000},
     {"max_lines": 30, "descriptions": False, "max_chars": 1500},
     {"max_lines": 0, "descriptions": False, "max_chars": 0},
+    {"max_lines": 0, "descriptions": False, "max_chars": 0, "instruction": False},
 )
+#: names of the levels, as `gemmacli tune --prompt` takes them
+PROMPT_LEVELS = ("guide", "terse", "short", "bare")
 
 
 @dataclass(frozen=True)
@@ -151,12 +156,14 @@ def turn_head(schema: dict, instructions: str | None = None, *, level: int = 0,
     """The prompt up to the text: instruction, field guide, null/empty guidance, user instructions, then
     worked examples (with them, the text follows as one more `Text: `, as in the examples).
     `examples_follow`: the examples are chosen per text and follow the head (it ends at `Examples:`)."""
-    parts = [INSTRUCTION]
-    guide = field_guide(schema, **GUIDE_LEVELS[level])
+    sizes = dict(GUIDE_LEVELS[level])
+    bare = not sizes.pop("instruction", True)
+    parts = [] if bare else [INSTRUCTION]
+    guide = field_guide(schema, **sizes)
     if guide:
         parts.append("Fields:\n" + "\n".join(guide))
         parts.append(MISSING)
-    else:
+    elif not bare:
         description = schema.get("description") or schema.get("title")
         if isinstance(description, str):
             parts.append("The value: " + " ".join(description.split())[:300])

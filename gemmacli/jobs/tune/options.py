@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gemmacli.engine.prompt import PROMPT_LEVELS
 from gemmacli.errors import UsageError
 
 METHODS = ("lora", "full")
@@ -34,8 +35,8 @@ class TuneOptions:
     precision: str = "auto"  # the exported model's (gemmacli.models.builder.PRECISIONS)
     dev_limit: int | None = 200
     checkpoint_minutes: float = 5.0
-    #: train on (and declare) the prompt with the schema's field guide; default: the short prompt
-    field_guide: bool = False
+    #: the prompt trained on and declared (gemmacli.engine.prompt.PROMPT_LEVELS): "bare" is the text alone
+    prompt: str = "bare"
     limit: int | None = None  # train on the first N records
     threads: int | None = None
     resume: bool = False
@@ -51,6 +52,9 @@ class TuneOptions:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UsageError(f"{name} must be a number above 0, not {value}", option=name)
+        if self.prompt not in PROMPT_LEVELS:
+            raise UsageError(f"prompt must be one of {', '.join(PROMPT_LEVELS)}, not {self.prompt!r}",
+                             option="prompt")
         if self.minutes is not None and self.epochs is not None:
             raise UsageError("give minutes or epochs, not both", option=("minutes", "epochs"))
         for name in ("rank", "batch_size", "max_prompt_tokens"):
@@ -76,7 +80,7 @@ class TuneOptions:
                 "optimizer": "AdamW (weight decay 0), gradient norm clipped at 1",
                 "batch_size": self.batch_size, "epochs": self.epochs, "minutes": self.minutes,
                 "max_prompt_tokens": self.max_prompt_tokens, "seed": self.seed,
-                "field_guide": self.field_guide, "autocast": "bfloat16", "embedding": "frozen (tied lm_head)",
+                "prompt": self.prompt, "autocast": "bfloat16", "embedding": "frozen (tied lm_head)",
                 "loss": "cross-entropy on the answer tokens only", "precision": self.precision}
 
     def checkpoint_key(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gemmacli.engine.config import ExtractionConfig
-from gemmacli.engine.prompt import GUIDE_LEVELS, style_for
+from gemmacli.engine.prompt import PROMPT_LEVELS, style_for
 from gemmacli.errors import UsageError
 from gemmacli.jobs import batch
 from gemmacli.jobs.evaluate import LabelledFields, LabelledRecord, read_labelled
@@ -103,7 +103,7 @@ def tune(schema: PreparedSchema, options: TuneOptions, hooks: TuneHooks | None =
 def _tuned_config(base: BaseModel, options: TuneOptions) -> store.ModelConfig:
     """The base's config, marked tuned, declaring the prompt it is trained on."""
     return dataclasses.replace(base.model_config, kind="tuned", prompt_style=style_for(base.model_config),
-                               guide_level=0 if options.field_guide else len(GUIDE_LEVELS) - 1)
+                               guide_level=PROMPT_LEVELS.index(options.prompt))
 
 
 def _records(schema: dict, options: TuneOptions) -> tuple[list[LabelledRecord], list[LabelledRecord]]:
