@@ -179,6 +179,14 @@ def test_cli_tune_then_model_info_and_list(setup: dict[str, Path], tmp_path: Pat
     assert info["kind"] == "tuned" and info["tune"]["scores"]["auto"]["overall"] >= 0
     code, out, err = cli(["model", "list"], environ)
     assert "cli-tuned" in out and "tuned" in out
+    text = tmp_path / "review.txt"
+    text.write_text("the film 3 was nice", encoding="utf-8")
+    code, out, err = cli(["extract", "--model", "cli-tuned", "--schema", str(setup["schema"]), str(text)],
+                         environ)
+    assert code == ExitStatus.OK and json.loads(out)["sentiment"] in ("negative", "positive")
+    assert "tuned for another schema" not in err
+    code, out, err = cli(["extract", "--model", "cli-tuned", "--schema", "name str", str(text)], environ)
+    assert "tuned for another schema" in err
     from gemmacli.errors import ModelError
     from gemmacli.models import store
 

@@ -143,6 +143,20 @@ def default_model(env: Environment) -> str:
     return name
 
 
+def warn_if_tuned_elsewhere(model: str, schema: Any, env: Environment) -> None:
+    """A tuned model knows one schema: using it with another is allowed, but rarely what was meant."""
+    from gemmacli.models import store
+
+    try:
+        manifest = store.read_manifest(store.resolve_model(model, env.environ))
+    except Exception:  # a missing or broken model is reported where it is loaded
+        return
+    tuned = (manifest.get("tune") or {}).get("schema") or {}
+    if tuned.get("sha256") and tuned["sha256"] != getattr(schema, "sha256", None):
+        env.warn(f"{manifest.get('name', model)} was tuned for another schema ({tuned.get('source')}, "
+                 f"sha256 {str(tuned['sha256'])[:12]}…): expect poor values")
+
+
 def read_examples(args: argparse.Namespace, loaded: Any, env: Environment) -> Any:
     """--examples / --shots / --select -> gemmacli.engine.examples.Examples for the prompt, named under -v."""
     from gemmacli.engine import examples

@@ -24,6 +24,7 @@ from gemmacli.cli.commands import (
     default_model,
     extraction_config,
     positive_int,
+    warn_if_tuned_elsewhere,
 )
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, UsageError
@@ -90,6 +91,7 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
     if not records:
         raise UsageError(f"{args.data} holds no records")
     model = args.model or default_model(env)
+    warn_if_tuned_elsewhere(model, loaded, env)
     jobs = min(args.jobs if args.jobs > 0 else (os.cpu_count() or 1), len(records))
     config = extraction_config(args, loaded, env,
                                threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
