@@ -100,7 +100,7 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
         prompt=args.prompt, limit=args.limit, threads=args.threads, resume=args.resume,
         force=args.force, score_fp32=args.score_fp32)
     lines = _Lines(env)
-    hooks = TuneHooks(report=lines.report, info=env.info, stage_report=env.info,
+    hooks = TuneHooks(report=lines.report, info=env.info, warn=env.warn, stage_report=env.info,
                       eval_progress=lambda: make_progress(env, every=50))
     manifest = tune(schema, options, hooks)
     scores = manifest["tune"].get("scores") or {}

@@ -48,6 +48,7 @@ class TuneHooks:
 
     report: Reporter = lambda event, status: None
     info: Callable[[str], None] = lambda message: None
+    warn: Callable[[str], None] = lambda message: None
     eval_progress: Callable[[], ProgressReporter | None] = lambda: None
     after_step: Callable[[Status], None] | None = None  # tests: interrupt at a chosen step
     stage_report: Callable[[str], None] | None = None  # export stages, as `model import` prints them
@@ -77,6 +78,10 @@ def tune(schema: PreparedSchema, options: TuneOptions, hooks: TuneHooks | None =
     tuned_config = _tuned_config(base, options)
     tokenizer = base.tokenizer()
     train_records, dev_records = _records(schema.schema, options)
+    shared = _shared_texts(train_records, dev_records)
+    if shared:
+        hooks.warn(f"{shared} of {len(dev_records)} dev text(s) also appear in {options.data}: "
+                   "the dev scores flatter the model by that much")
     encode = _encoder(tokenizer, tuned_config, schema.schema, options)
     train, dev = [encode(r) for r in train_records], [encode(r) for r in dev_records]
     hooks.info(f"tune {options.name}: {len(train)} training record(s), {len(dev)} dev, from {base.name} "
@@ -115,11 +120,12 @@ def _records(schema: dict, options: TuneOptions) -> tuple[list[LabelledRecord], 
     if options.dev is not None:
         dev = read_labelled(options.dev, LabelledFields(), options.dev_limit)
         check_labels(dev, schema, options.dev)
-        seen = {r.text.strip() for r in train}
-        if any(r.text.strip() in seen for r in dev):
-            raise UsageError(f"{options.dev} shares texts with {options.data}: its scores would flatter the "
-                             "model", option="dev")
     return train, dev
+
+
+def _shared_texts(train: list[LabelledRecord], dev: list[LabelledRecord]) -> int:
+    seen = {" ".join(r.text.split()).lower() for r in train}
+    return sum(" ".join(r.text.split()).lower() in seen for r in dev)
 
 
 def _encoder(tokenizer: Any, config: store.ModelConfig, schema: dict,
