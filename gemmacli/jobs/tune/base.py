@@ -29,6 +29,16 @@ class BaseModel:
     hf_config: dict[str, Any]
     tokenizer_json: dict[str, Any]
     model_config: store.ModelConfig
+    tokenizer_file: Path | None = None  # the folder's tokenizer.json (None: made from the GGUF)
+
+    def tokenizer_path(self, work: Path) -> Path:
+        """A tokenizer.json on disk (llguidance's token table is built from one)."""
+        if self.tokenizer_file is not None:
+            return self.tokenizer_file
+        work.mkdir(parents=True, exist_ok=True)
+        path = work / "tokenizer.json"
+        path.write_text(json.dumps(self.tokenizer_json, ensure_ascii=False), encoding="utf-8")
+        return path
 
     def tokenizer(self) -> Any:
         from tokenizers import Tokenizer
@@ -50,7 +60,8 @@ def open_base(ref: str | None, cache: Path) -> BaseModel:
     gguf_path, sha = _gguf_of(folder, manifest, cache)
     tokenizer = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     gguf = GGUFModel.open(gguf_path)
-    return BaseModel(str(manifest.get("name") or folder.name), gguf, sha, gguf.hf_config(), tokenizer, config)
+    return BaseModel(str(manifest.get("name") or folder.name), gguf, sha, gguf.hf_config(), tokenizer, config,
+                     folder / "tokenizer.json")
 
 
 def _default_base() -> str:

@@ -21,13 +21,28 @@ from gemmacli.engine.prompt import encode_prompt, style_for
 from gemmacli.errors import UsageError
 from gemmacli.jobs.evaluate import LabelledRecord
 
+#: An allowed set up to this size is scored over its own rows (a softmax over the choices the grammar
+#: leaves); a larger one (free text) over the whole vocabulary.
+SMALL_CHOICE = 4096
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A token the model must choose (the grammar allows more than one): ids[index], among `allowed`
+    (None: the whole vocabulary)."""
+
+    index: int
+    allowed: tuple[int, ...] | None
+
 
 @dataclass(frozen=True)
 class TrainingSequence:
-    """Prompt and answer ids; the loss covers ids[answer_start:]."""
+    """Prompt and answer ids, and the answer positions where the model chooses (the loss covers only
+    those: tokens the grammar forces are fed, never predicted, in extract as here)."""
 
     ids: tuple[int, ...]
     answer_start: int
+    choices: tuple[Choice, ...]
 
     @property
     def answer_tokens(self) -> int:
@@ -42,15 +57,80 @@ def end_token(model_config: Any) -> int:
     return int(eos[0])
 
 
+@dataclass
+class AnswerGrammar:
+    """The schema's grammar and llguidance's token table: what extract's decoder walks the answer with."""
+
+    grammar: Any  # gemmacli.engine.grammar.Grammar
+    lltokenizer: Any
+    mask: Any  # gemmacli.engine.grammar.Mask
+
+    def walk(self, encoder: Any, answer: str, end: int) -> tuple[list[int], list[Choice]]:
+        """The answer's tokens as extract's decoder would meet them: the grammar's forced tokens as it
+        forces them, the rest as the tokenizer spells the remaining text; a Choice wherever the grammar
+        leaves the model more than one token. Off the grammar's path (a label it would not write), the
+        rest is the plain tokenization, every token a choice over the whole vocabulary."""
+        from gemmacli.engine.grammar import new_matcher
+
+        matcher = new_matcher(self.lltokenizer, self.grammar)
+        target, done = answer.encode("utf-8"), b""
+        ids: list[int] = []
+        choices: list[Choice] = []
+        while len(done) < len(target):
+            forced = list(matcher.compute_ff_tokens())
+            if forced and target.startswith(done + self.lltokenizer.decode_bytes(forced)):
+                matcher.consume_tokens(forced)
+                ids += forced
+                done += self.lltokenizer.decode_bytes(forced)
+                continue
+            token = _next_token(encoder, target[len(done):])
+            if forced or token is None or matcher.validate_tokens([token]) != 1:
+                rest = target[len(done):].decode("utf-8", errors="replace")
+                tail = [*encoder.encode(rest, add_special_tokens=False).ids, end]
+                return [*ids, *tail], [*choices, *(Choice(len(ids) + i, None) for i in range(len(tail)))]
+            choices.append(Choice(len(ids), self._allowed(matcher)))
+            matcher.consume_token(token)
+            ids.append(token)
+            done += self.lltokenizer.decode_bytes([token])
+        if not matcher.is_stopped() and matcher.validate_tokens([end]) == 1:
+            allowed = self._allowed(matcher)
+            if allowed is None or len(allowed) > 1:
+                choices.append(Choice(len(ids), allowed))
+            ids.append(end)
+        return ids, choices
+
+    def _allowed(self, matcher: Any) -> tuple[int, ...] | None:
+        self.mask.fill(matcher)
+        if self.mask.count() > SMALL_CHOICE:
+            return None
+        return tuple(int(t) for t in self.mask.allowed())
+
+
+def _next_token(encoder: Any, rest: bytes) -> int | None:
+    try:
+        text = rest.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    ids = encoder.encode(text, add_special_tokens=False).ids
+    return int(ids[0]) if ids else None
+
+
 def training_sequence(tokenizer: Any, model_config: Any, schema: dict, record: LabelledRecord, *,
-                      max_prompt_tokens: int) -> TrainingSequence:
-    """One record as the model will meet it in extract; a long text is cut to `max_prompt_tokens`."""
+                      max_prompt_tokens: int, grammar: AnswerGrammar | None = None) -> TrainingSequence:
+    """One record as the model will meet it in extract; a long text is cut to `max_prompt_tokens`.
+    Without `grammar`, every answer token (and the end) is a choice over the whole vocabulary."""
     context = int(getattr(model_config, "context_length", 32768))
     prompt = encode_prompt(tokenizer, model_config, schema, record.text,
                            max_tokens=max(1, context - max_prompt_tokens), truncate=True)
-    answer = compact_answer(record.label, schema)
-    answer_ids = list(tokenizer.encode(answer, add_special_tokens=False).ids)
-    return TrainingSequence((*prompt.ids, *answer_ids, end_token(model_config)), len(prompt.ids))
+    answer, end = compact_answer(record.label, schema), end_token(model_config)
+    if grammar is not None:
+        answer_ids, choices = grammar.walk(tokenizer, answer, end)
+    else:
+        answer_ids = [*tokenizer.encode(answer, add_special_tokens=False).ids, end]
+        choices = [Choice(i, None) for i in range(len(answer_ids))]
+    start = len(prompt.ids)
+    return TrainingSequence((*prompt.ids, *answer_ids), start,
+                            tuple(Choice(start + c.index, c.allowed) for c in choices))
 
 
 def check_labels(records: Sequence[LabelledRecord], schema: dict, path: Path) -> None:

@@ -32,7 +32,13 @@ from gemmacli.jobs.evaluate import LabelledFields, LabelledRecord, read_labelled
 from gemmacli.jobs.progress import ProgressReporter
 from gemmacli.jobs.scoring_run import evaluate_records
 from gemmacli.jobs.tune.base import BaseModel, open_base
-from gemmacli.jobs.tune.data import TrainingSequence, check_labels, data_sha256, training_sequence
+from gemmacli.jobs.tune.data import (
+    AnswerGrammar,
+    TrainingSequence,
+    check_labels,
+    data_sha256,
+    training_sequence,
+)
 from gemmacli.jobs.tune.options import TuneOptions
 from gemmacli.jobs.tune.trainer import CHECKPOINT, Reporter, Status, Trainer, require_torch
 from gemmacli.models import store
@@ -82,7 +88,8 @@ def tune(schema: PreparedSchema, options: TuneOptions, hooks: TuneHooks | None =
     if shared:
         hooks.warn(f"{shared} of {len(dev_records)} dev text(s) also appear in {options.data}: "
                    "the dev scores flatter the model by that much")
-    encode = _encoder(tokenizer, tuned_config, schema.schema, options)
+    grammar = _answer_grammar(schema, tuned_config, tokenizer, base.tokenizer_path(work))
+    encode = _encoder(tokenizer, tuned_config, schema.schema, options, grammar)
     train, dev = [encode(r) for r in train_records], [encode(r) for r in dev_records]
     hooks.info(f"tune {options.name}: {len(train)} training record(s), {len(dev)} dev, from {base.name} "
                f"({options.method}, {_length(options)}, batch {options.batch_size}, lr {options.lr:g}); "
@@ -128,13 +135,26 @@ def _shared_texts(train: list[LabelledRecord], dev: list[LabelledRecord]) -> int
     return sum(" ".join(r.text.split()).lower() in seen for r in dev)
 
 
-def _encoder(tokenizer: Any, config: store.ModelConfig, schema: dict,
-             options: TuneOptions) -> Callable[[LabelledRecord], TrainingSequence]:
+def _encoder(tokenizer: Any, config: store.ModelConfig, schema: dict, options: TuneOptions,
+             grammar: AnswerGrammar | None) -> Callable[[LabelledRecord], TrainingSequence]:
     def encode(record: LabelledRecord) -> TrainingSequence:
         return training_sequence(tokenizer, config, schema, record,
-                                 max_prompt_tokens=options.max_prompt_tokens)
+                                 max_prompt_tokens=options.max_prompt_tokens, grammar=grammar)
 
     return encode
+
+
+def _answer_grammar(schema: PreparedSchema, config: store.ModelConfig, tokenizer: Any,
+                    tokenizer_file: Path) -> AnswerGrammar:
+    """The grammar extract decodes with, and llguidance's token table: which answer tokens are forced
+    and which are choices (gemmacli.jobs.tune.data.AnswerGrammar)."""
+    from gemmacli.engine.grammar import Mask, TokenizerBuild, compile_grammar
+
+    build = TokenizerBuild(tokenizer_file, config.vocab_size, list(config.eos_token_ids), encoder=tokenizer,
+                           bos=config.bos_token_id)
+    build.start()
+    mask = Mask(build.n_vocab, build.model_rows)
+    return AnswerGrammar(compile_grammar(schema.enforced), build.result(), mask)
 
 
 def _length(options: TuneOptions) -> str:
