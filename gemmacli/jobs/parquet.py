@@ -6,7 +6,7 @@ Parquet file is named; without it the command exits 2 with the pip command.
 
 The records keep their JSON Lines meaning column by column: `source` and `ok` as themselves, and `data`,
 `error`, `warnings` and `meta` as JSON text (a schema's output has no fixed Arrow type: every schema would
-need its own, and a failed record has no data at all). The file is written to a temporary name and renamed
+need its own, and a failed record has no data at all), written exactly as in the JSON Lines record. The file is written to a temporary name and renamed
 when the batch ends, so a reader never sees half a table; it cannot be resumed (JSON Lines can).
 """
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gemmacli.errors import InputOutputError, UsageError
+from gemmacli.files import json_bytes
 
 ROW_GROUP = 1000  # records buffered per Parquet row group (bounded memory for long batches)
 JSON_COLUMNS = ("data", "error", "warnings", "meta")
@@ -70,7 +71,7 @@ class ParquetSink:
     def write(self, record: dict[str, Any]) -> None:
         row = {"source": _text(str(record["source"])), "ok": bool(record["ok"])}
         for name in JSON_COLUMNS:
-            row[name] = json.dumps(record[name], ensure_ascii=True) if name in record else None
+            row[name] = json_bytes(record[name]).decode("utf-8") if name in record else None
         self.rows.append(row)
         if len(self.rows) >= ROW_GROUP:
             self._flush()

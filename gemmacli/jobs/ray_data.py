@@ -102,10 +102,15 @@ def ray_session(options: RayOptions) -> Iterator[Any]:
     before = (context.execution_options.preserve_order, context.enable_progress_bars)
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
+    data_log = logging.getLogger("ray.data")  # "starting execution…" lines: our own report says it all
+    level = data_log.level
+    if not options.verbose:
+        data_log.setLevel(logging.ERROR)
     try:
         yield ray
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = before
+        data_log.setLevel(level)
         if started:
             ray.shutdown()
 
@@ -280,6 +285,10 @@ def ray_outcomes(
     progress = progress or NoProgress()
     if not sources:
         return
+    from gemmacli.models.store import resolve_model
+
+    folder = resolve_model(options.model).resolve()  # a name means this machine's store: ship the folder
+    options = dataclasses.replace(options, model=str(folder))
     with ray_session(ray_options) as ray:
         actors, cpus = plan_actors(ray, ray_options, len(sources))
         spec = ActorSpec(options, factory, shipment_for(ray, options.model, ray_options))
