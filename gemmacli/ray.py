@@ -43,7 +43,7 @@ def extract_dataset(
     actors: int = 1,
     cpus_per_actor: int = 1,
     batch_size: int = 4,
-    ship_model: str = "auto",
+    ship: str = "auto",
     encoding: str = "utf-8",
     errors: str = "strict",
     allow_empty: bool = False,
@@ -66,7 +66,7 @@ def extract_dataset(
     options = ExtractOptions(schema=prepared, model=str(folder.resolve()), config=config, encoding=encoding,
                              errors=errors, allow_empty=allow_empty, with_meta=with_meta)
     ray_options = RayOptions(address="", actors=actors, cpus_per_actor=cpus_per_actor,
-                             batch_size=batch_size, ship_model=ship_model)
+                             batch_size=batch_size, ship=ship)
     if not ray.is_initialized():
         ray.init()
     spec = ActorSpec(options, build_extractor, shipment_for(ray, options.model, ray_options),

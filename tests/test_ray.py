@@ -34,7 +34,7 @@ ENV = {"NO_COLOR": "1"}
 def ray_address() -> Iterator[str]:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a stray one
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -92,7 +92,8 @@ def test_the_model_travels_as_a_tar_and_is_verified_against_its_manifest(
     assert materialize(shipped, fetched.append) == Path(model) and fetched == []  # same folder here: used
     forced = ship_model(Path(model), put=lambda data: data, always_unpack=True)
     folder = materialize(forced, lambda blob: blob)
-    assert folder.parent.name == manifest_digest(Path(model)) and manifest_digest(folder) == forced.manifest_sha256
+    assert folder.parent.name == manifest_digest(Path(model)) == forced.manifest_sha256
+    assert manifest_digest(folder) == forced.manifest_sha256
     assert materialize(forced, lambda blob: pytest.fail("unpacked twice")) == folder  # once per node
     tampered = bytearray(forced.blob)
     with tarfile.open(fileobj=io.BytesIO(forced.blob)) as tar:
@@ -164,13 +165,15 @@ def test_a_killed_driver_loses_nothing_and_resume_finishes_the_records(
     resumed = run_cli([*base, "-o", "out.jsonl", "--ray", ray_address, "--resume", "-v"], environ=ENV)
     assert resumed.status == 0, resumed.stderr
     already = written.count(b"\n")
+    assert 1 <= already < 40  # killed mid-batch: records arrive a batch (4 sources) at a time
     assert f"{already} of 40 already recorded" in resumed.stderr
     assert out.read_bytes() == expected  # every source once, in input order
 
 
 @pytest.mark.ray
 def test_check_and_eval_on_ray_agree_with_a_local_run(model: str, workdir: Path, ray_address: str) -> None:
-    schema = {"type": "object", "properties": {"kind": {"const": "doc"}, "mood": BOUNDED["properties"]["mood"]},
+    mood = BOUNDED["properties"]["mood"]
+    schema = {"type": "object", "properties": {"kind": {"const": "doc"}, "mood": mood},
               "required": ["kind", "mood"], "additionalProperties": False}
     write(workdir / "c.json", json.dumps(schema))
     write(workdir / "p.json", json.dumps({"properties": {"kind": {"const": "doc"}}}))
@@ -184,11 +187,14 @@ def test_check_and_eval_on_ray_agree_with_a_local_run(model: str, workdir: Path,
     evaluate = ["eval", "--schema", "s.json", "--data", str(data), "-m", model, "-f", "json"]
     reports = [json.loads(run_cli(argv, environ=ENV).stdout)
                for argv in (evaluate, [*evaluate, "--ray", ray_address, "--jobs", "2"])]
-    assert reports[0]["predictions"] == reports[1]["predictions"] and reports[1]["overall"] == reports[0]["overall"]
+    assert reports[0]["predictions"] == reports[1]["predictions"]
+    assert reports[0]["overall"] == reports[1]["overall"]
 
 
 @pytest.mark.ray
-def test_extract_dataset_adds_the_records_a_local_run_writes(model: str, workdir: Path, ray_address: str) -> None:
+def test_extract_dataset_adds_the_records_a_local_run_writes(
+    model: str, workdir: Path, ray_address: str
+) -> None:
     import ray
 
     import gemmacli.ray
@@ -224,17 +230,18 @@ def two_node_cluster(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     port = _free_port()
     address = f"127.0.0.1:{port}"
     unpacked = tmp_path / "node-models"
-    env = _without_ray_address(GEMMACLI_RAY_MODELS=str(unpacked))
+    env = _cluster_env(GEMMACLI_RAY_MODELS=str(unpacked))
     ray_cli = str(Path(sys.executable).with_name("ray"))
     common = ["--num-cpus=1", "--block", "--disable-usage-stats"]
-    nodes = [subprocess.Popen([ray_cli, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                               "--include-dashboard=false", *common], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+
+    def start(*args: str) -> subprocess.Popen:
+        return subprocess.Popen([ray_cli, "start", *args, *common], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+
+    nodes = [start("--head", f"--port={port}", "--include-dashboard=false")]
     try:
         _wait_for_nodes(address, 1, nodes)
-        nodes.append(subprocess.Popen([ray_cli, "start", f"--address={address}", "--node-ip-address=127.0.0.1",
-                                       *common], env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True))
+        nodes.append(start(f"--address={address}"))
         _wait_for_nodes(address, 2, nodes)
         yield address, unpacked
     finally:
@@ -246,9 +253,11 @@ def two_node_cluster(tmp_path: Path) -> Iterator[tuple[str, Path]]:
                 os.killpg(node.pid, signal.SIGKILL)
 
 
-def _without_ray_address(**extra: str) -> dict[str, str]:
-    """The environment for a process that must find Ray only where told (ray.init may set RAY_ADDRESS)."""
-    env = subprocess_env(**extra)
+def _cluster_env(**extra: str) -> dict[str, str]:
+    """The environment of the nodes and drivers of the test cluster: Ray found only where told (ray.init
+    may set RAY_ADDRESS), and no token authentication (Ray 2.59+ turns it on for local clusters, and the
+    module's own Ray wrote its token where `ray start` would read it)."""
+    env = subprocess_env(RAY_AUTH_MODE="disabled", **extra)
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -260,7 +269,7 @@ def _wait_for_nodes(address: str, count: int, nodes: list[subprocess.Popen], tim
     while time.monotonic() < deadline:
         assert all(node.poll() is None for node in nodes), "a `ray start` process exited"
         done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
-                              env=_without_ray_address())
+                              env=_cluster_env())
         if done.returncode == 0 and done.stdout.strip().splitlines()[-1:] == [str(count)]:
             return
         time.sleep(1)
@@ -274,8 +283,8 @@ def test_a_head_and_a_worker_node_get_the_model_shipped_and_give_the_same_record
     address, unpacked = two_node_cluster
     assert run_cli(extract_argv(model, "--jobs", "2", "-o", "local.jsonl"), environ=ENV).status == 5
     done = subprocess.run(cli(*extract_argv(model, "--jobs", "2", "-o", "ray.jsonl", "--ray", address,
-                                            "--ray-ship-model", "always")),
-                          env=subprocess_env(), capture_output=True, timeout=300)
+                                            "--ray-ship", "always")),
+                          env=_cluster_env(), capture_output=True, timeout=300)
     assert done.returncode == 5, done.stderr.decode()
     assert done.stdout == b""  # records went to -o; Ray printed nothing on stdout
     assert (workdir / "ray.jsonl").read_bytes() == (workdir / "local.jsonl").read_bytes()

@@ -33,17 +33,18 @@ def add_ray_options(group: argparse._ActionsContainer) -> None:
         help="with --ray: CPUs each actor reserves, and its onnxruntime threads (default: a local Ray "
              "shares this machine's CPUs among --jobs; a cluster: 1)")
     group.add_argument(
-        "--ray-ship-model", choices=("auto", "always", "never"), default="auto",
-        help="with --ray: send the model folder through Ray's object store, verified against its manifest "
-             "on arrival (auto: when the cluster has several nodes; never: every node has the folder)")
+        "--ray-ship", choices=("auto", "always", "never"), default="auto",
+        help="with --ray: send the model folder (once per node, verified against its manifest) and the "
+             "input files through Ray's object store; auto: when the cluster has several nodes; never: "
+             "every node sees this machine's paths (a shared file system)")
 
 
 def ray_options(args: argparse.Namespace, actors: int) -> RayOptions | None:
     """The RayOptions of --ray (None without it); a missing Ray is exit 2 here, before any work."""
     address = getattr(args, "ray", None)
     if address is None:
-        if getattr(args, "ray_cpus", None) is not None or getattr(args, "ray_ship_model", "auto") != "auto":
-            raise UsageError("--ray-cpus and --ray-ship-model go with --ray")
+        if getattr(args, "ray_cpus", None) is not None or getattr(args, "ray_ship", "auto") != "auto":
+            raise UsageError("--ray-cpus and --ray-ship go with --ray")
         return None
     if not _ADDRESS.match(address):
         looks_like_input = Path(address).exists() or bool(set("*?[") & set(address))
@@ -55,5 +56,5 @@ def ray_options(args: argparse.Namespace, actors: int) -> RayOptions | None:
 
     require_ray()
     return RayOptions(address=None if address == LOCAL else address, actors=actors,
-                      cpus_per_actor=args.ray_cpus, ship_model=args.ray_ship_model,
+                      cpus_per_actor=args.ray_cpus, ship=args.ray_ship,
                       verbose=getattr(args, "verbose", 0) > 1)

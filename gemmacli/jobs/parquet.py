@@ -5,9 +5,10 @@ natively). pyarrow comes with `gemmacli[ray]` (Ray Data needs it) and is importe
 Parquet file is named; without it the command exits 2 with the pip command.
 
 The records keep their JSON Lines meaning column by column: `source` and `ok` as themselves, and `data`,
-`error`, `warnings` and `meta` as JSON text (a schema's output has no fixed Arrow type: every schema would
-need its own, and a failed record has no data at all), written exactly as in the JSON Lines record. The file is written to a temporary name and renamed
-when the batch ends, so a reader never sees half a table; it cannot be resumed (JSON Lines can).
+`error`, `warnings` and `meta` as JSON text, written exactly as in the JSON Lines record (a schema's output
+has no fixed Arrow type: every schema would need its own, and a failed record has no data at all). The
+file is written to a temporary name and renamed when the batch ends, so a reader never sees half a table;
+it cannot be resumed (JSON Lines can).
 """
 
 from __future__ import annotations

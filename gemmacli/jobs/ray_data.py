@@ -13,7 +13,8 @@ stores. gemmacli contributes one actor class and keeps everything that decides a
 * Problems that would fail every source (model missing, schema refused) travel back as data
   (`batch.describe_fatal`) and stop the batch with their own exit status, as with worker processes.
 * The model folder reaches nodes without a shared file system through the object store
-  (gemmacli.jobs.ray_ship), once per node, verified against its manifest on arrival.
+  (gemmacli.jobs.ray_ship), once per node, verified against its manifest on arrival; input files travel
+  as bytes in the Dataset's rows (the driver reads them, `source_row`).
 
 `ray` is an optional extra (`pip install 'gemmacli[ray]'`): it is imported only when a Ray run starts, and
 `require_ray` turns its absence into a usage error (exit 2) that names the pip command.
@@ -25,6 +26,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import pickle
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -52,19 +54,19 @@ SHIP_MODES = ("auto", "always", "never")
 
 @dataclass(frozen=True)
 class RayOptions:
-    """Where and how wide a Ray run goes (the CLI's --ray, --jobs, --ray-cpus, --ray-ship-model)."""
+    """Where and how wide a Ray run goes (the CLI's --ray, --jobs, --ray-cpus, --ray-ship)."""
 
     address: str | None = None  # None: start a local Ray on this machine for this run, stop it after
     actors: int = 1  # actors, each with its own model (0: as many as the cluster's CPUs allow)
     cpus_per_actor: int | None = None  # None: a local Ray shares this machine's CPUs out; a cluster: 1
     batch_size: int = 4  # sources per actor call: records stream back (and are written) per batch
-    ship_model: str = "auto"  # auto: through the object store when the cluster has several nodes
+    ship: str = "auto"  # model and input files through the object store: auto = on a multi-node cluster
     verbose: bool = False  # Ray's own INFO logging on stderr
 
     def __post_init__(self) -> None:
-        if self.ship_model not in SHIP_MODES:
-            raise UsageError(f"ship_model must be one of {', '.join(SHIP_MODES)}, not {self.ship_model!r}",
-                             option="ray_ship_model")
+        if self.ship not in SHIP_MODES:
+            raise UsageError(f"ray_ship must be one of {', '.join(SHIP_MODES)}, not {self.ship!r}",
+                             option="ray_ship")
         if self.actors < 0 or self.batch_size < 1 or (self.cpus_per_actor or 1) < 1:
             raise UsageError("Ray actors must be 0 (auto) or more, and CPUs and batch size at least 1")
 
@@ -250,12 +252,31 @@ def plan_actors(ray: Any, options: RayOptions, count: int) -> tuple[int, int]:
     return max(1, min(actors, count)), cpus
 
 
+def shipping(ray: Any, options: RayOptions) -> bool:
+    """Do the model and the input files travel through the object store? `always`, or `auto` on a cluster
+    of several nodes; else every node must see the driver's paths (one machine, a shared file system)."""
+    return options.ship == "always" or (options.ship == "auto" and _alive_nodes(ray) > 1)
+
+
 def shipment_for(ray: Any, model: str, options: RayOptions) -> ModelShipment:
-    """How the actors get the model: through the object store (`always`, or `auto` on a cluster of several
-    nodes), else from the same path on every node."""
-    ship = options.ship_model == "always" or (options.ship_model == "auto" and _alive_nodes(ray) > 1)
-    always = options.ship_model == "always"
-    return ship_model(Path(model), put=ray.put if ship else None, always_unpack=always)
+    """How the actors get the model (see `shipping`); `always` also makes them unpack it (never use a
+    folder at the same path), which proves the shipped copy."""
+    put = ray.put if shipping(ray, options) else None
+    return ship_model(Path(model), put=put, always_unpack=options.ship == "always")
+
+
+def source_row(index: int, source: Source, ship: bool) -> dict[str, Any]:
+    """A Dataset row for one source. A file's path is made absolute (actors run in other folders); when
+    shipping, its bytes are read here and travel with it (the node that extracts it cannot see this disk).
+    Records still name it as given, and a file that cannot be read here is left for the actor to report."""
+    if source.kind == "file" and source.path is not None and source.data is None:
+        path = Path(os.path.abspath(source.path))
+        data = None
+        if ship:
+            with contextlib.suppress(OSError):
+                data = path.read_bytes()
+        source = dataclasses.replace(source, path=path, data=data)
+    return {"index": index, "source": pickle.dumps(source)}
 
 
 def _alive_nodes(ray: Any) -> int:
@@ -292,7 +313,8 @@ def ray_outcomes(
     with ray_session(ray_options) as ray:
         actors, cpus = plan_actors(ray, ray_options, len(sources))
         spec = ActorSpec(options, factory, shipment_for(ray, options.model, ray_options))
-        rows = [{"index": index, "source": pickle.dumps(source)} for index, source in enumerate(sources)]
+        ship = shipping(ray, ray_options)
+        rows = [source_row(index, source, ship) for index, source in enumerate(sources)]
         ds = map_extract(ray, ray.data.from_items(rows), spec, actors, cpus, ray_options.batch_size)
         for block in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for index, payload in zip(block["index"], block["outcome"], strict=True):

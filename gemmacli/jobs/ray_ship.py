@@ -81,7 +81,7 @@ def ship_model(folder: Path, *, put: Callable[[bytes], Any] | None, always_unpac
     if digest is None:
         if put is not None or always_unpack:
             raise ModelError(f"{folder} has no manifest.json, so it cannot be shipped to Ray workers",
-                             hint="give --ray-ship-model never when every node has this folder")
+                             hint="give --ray-ship never when every node has this folder")
         return ModelShipment(str(folder), "")
     blob = put(pack_model(folder)) if put is not None else None
     return ModelShipment(str(folder), digest, blob, always_unpack)
@@ -101,7 +101,7 @@ def materialize(shipment: ModelShipment, get: Callable[[Any], bytes]) -> Path:
         return local
     if shipment.blob is None:
         raise ModelError(f"the model folder {local} is not on this Ray node (or differs from the driver's)",
-                         hint="drop --ray-ship-model never, so the driver ships the model")
+                         hint="drop --ray-ship never, so the driver ships the model")
     key = shipment.manifest_sha256
     home = unpack_root() / key
     target = home / (local.name or "model")
