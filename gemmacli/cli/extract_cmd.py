@@ -39,6 +39,7 @@ examples:
   gemmacli extract --schema 'name, age int, email?: their email, tags [str], mood enum(happy|sad)' -
   gemmacli extract --schema s.json --input-jsonl tickets.jsonl --text-field body --id-field id
   gemmacli extract --schema ticket inbox/ --glob '*.txt' -o triage.jsonl --resume
+  gemmacli extract --schema ticket inbox/ -o triage.jsonl --resume --ray HEAD:6379 --jobs 16
 """
 
 DESCRIPTION = """\

@@ -11,7 +11,8 @@ Design
   would fail every source (model missing, schema refused) stop the batch with their own exit status.
 
 Where the rest lives: records, sinks and --resume in gemmacli.jobs.records, progress reporters in
-gemmacli.jobs.progress, the worker count (`--jobs`) in gemmacli.jobs.capacity.
+gemmacli.jobs.progress, the worker count (`--jobs`) in gemmacli.jobs.capacity, and the same outcomes from
+Ray Data actors on a cluster (`--ray`) in gemmacli.jobs.ray_data.
 """
 
 from __future__ import annotations
