@@ -143,29 +143,38 @@ def test_a_model_the_actors_cannot_load_stops_the_batch_with_exit_4(
     assert result.status == 4 and "model 'nope' not found" in result.stderr and result.stdout == b""
 
 
+def _stop_after_more_records(argv: list[str], out: Path, how: signal.Signals) -> int:
+    """Start a driver, signal it once out holds a record more than before, return its exit status."""
+    before = out.read_bytes().count(b"\n") if out.exists() else 0
+    quiet = subprocess.DEVNULL
+    driver = subprocess.Popen(argv, env=subprocess_env(), stdout=quiet, stderr=quiet)
+    deadline = time.monotonic() + 120
+    while not (out.exists() and out.read_bytes().count(b"\n") > before) and time.monotonic() < deadline:
+        assert driver.poll() is None, "the driver ended before it could be stopped"
+        time.sleep(0.02)
+    driver.send_signal(how)
+    return driver.wait(timeout=60)
+
+
 @pytest.mark.ray
-def test_a_killed_driver_loses_nothing_and_resume_finishes_the_records(
+def test_a_terminated_or_killed_driver_loses_nothing_and_resume_finishes_the_records(
     model: str, workdir: Path, ray_address: str
 ) -> None:
     notes(workdir / "many", 40)
-    base = ["extract", "--schema", "s.json", "many", "-m", model, "-q", "--jobs", "1"]
-    assert run_cli([*base, "-o", "local.jsonl"], environ=ENV).status == 0
-    argv = cli(*base, "-o", "out.jsonl", "--ray", ray_address)
-    driver = subprocess.Popen(argv, env=subprocess_env(), stderr=subprocess.DEVNULL)
-    out = workdir / "out.jsonl"
-    deadline = time.monotonic() + 120
-    while not (out.exists() and out.read_bytes().count(b"\n") >= 1) and time.monotonic() < deadline:
-        assert driver.poll() is None, "the driver ended before it could be killed"
-        time.sleep(0.02)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait(timeout=30)
-    written = out.read_bytes()
+    base = ["extract", "--schema", "s.json", "many", "-m", model, "-q", "--jobs", "1", "-o", "out.jsonl"]
+    assert run_cli([*base[:-1], "local.jsonl"], environ=ENV).status == 0
     expected = (workdir / "local.jsonl").read_bytes()
+    out = workdir / "out.jsonl"
+    argv = cli(*base, "--ray", ray_address)
+    # SIGTERM: the same cleanup as Ctrl-C and exit 143 (ray.init's own handler would exit 15)
+    assert _stop_after_more_records(argv, out, signal.SIGTERM) == 143
+    assert _stop_after_more_records([*argv, "--resume"], out, signal.SIGKILL) == -signal.SIGKILL
+    written = out.read_bytes()
     assert written.endswith(b"\n") and expected.startswith(written)  # whole records, a prefix, in order
-    resumed = run_cli([*base, "-o", "out.jsonl", "--ray", ray_address, "--resume", "-v"], environ=ENV)
-    assert resumed.status == 0, resumed.stderr
     already = written.count(b"\n")
-    assert 1 <= already < 40  # killed mid-batch: records arrive a batch (4 sources) at a time
+    assert 2 <= already < 40  # stopped mid-batch twice: records arrive a batch (4 sources) at a time
+    resumed = run_cli([*base, "--ray", ray_address, "--resume", "-v"], environ=ENV)
+    assert resumed.status == 0, resumed.stderr
     assert f"{already} of 40 already recorded" in resumed.stderr
     assert out.read_bytes() == expected  # every source once, in input order
 

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import pickle
+import sys
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,21 +86,41 @@ def require_ray() -> Any:
 def ray_session(options: RayOptions) -> Iterator[Any]:
     """Connected to Ray for one run: an existing connection is reused (a library caller's), else this run
     connects to `address` or starts a local Ray, and disconnects (stopping a local Ray) when it ends. Ray
-    Data is set to keep input order and to draw no progress bars (gemmacli reports progress itself)."""
+    Data is set to keep input order and to draw no progress bars (gemmacli reports progress itself), and
+    whatever Ray prints goes to stderr: stdout carries records only (they are written to the stream the
+    Environment holds, not to sys.stdout)."""
     ray = require_ray()
+    # Ray prints its raylet's messages to sys.stdout: send them to stderr
+    with contextlib.redirect_stdout(sys.stderr), _connected(ray, options), _data_settings(ray, options):
+        yield ray
+
+
+@contextlib.contextmanager
+def _connected(ray: Any, options: RayOptions) -> Iterator[None]:
     started = False
     if not ray.is_initialized():
         quiet: dict[str, Any] = {"log_to_driver": False,  # stdout carries records only
                                  "logging_level": logging.INFO if options.verbose else logging.WARNING}
-        try:
-            if options.address is None:
-                ray.init(address="local", num_cpus=capacity.cpu_count(), include_dashboard=False, **quiet)
-            else:
-                ray.init(address=options.address, **quiet)
-        except ConnectionError as exc:
-            raise InputOutputError(f"cannot reach the Ray cluster at {options.address}: {exc}",
-                                   hint="check the address `ray start --head` printed (HOST:6379)") from exc
+        with _own_signal_handlers():
+            try:
+                if options.address is None:
+                    ray.init(address="local", num_cpus=capacity.cpu_count(), include_dashboard=False, **quiet)
+                else:
+                    ray.init(address=options.address, **quiet)
+            except ConnectionError as exc:
+                hint = "check the address `ray start --head` printed (HOST:6379)"
+                raise InputOutputError(f"cannot reach the Ray cluster at {options.address}: {exc}",
+                                       hint=hint) from exc
         started = True
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def _data_settings(ray: Any, options: RayOptions) -> Iterator[None]:
     context = ray.data.DataContext.get_current()
     before = (context.execution_options.preserve_order, context.enable_progress_bars)
     context.execution_options.preserve_order = True
@@ -109,12 +130,29 @@ def ray_session(options: RayOptions) -> Iterator[Any]:
     if not options.verbose:
         data_log.setLevel(logging.ERROR)
     try:
-        yield ray
+        yield
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = before
         data_log.setLevel(level)
-        if started:
-            ray.shutdown()
+
+
+@contextlib.contextmanager
+def _own_signal_handlers() -> Iterator[None]:
+    """ray.init installs its own SIGTERM handler (sys.exit(15)); gemmacli's turns SIGTERM into exit 143
+    after the same cleanup as Ctrl-C (gemmacli.cli.core), so the handlers in place before are put back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in before.items():
+            if handler is not None:
+                signal.signal(number, handler)
 
 
 # ----------------------------------------------------------------------------------------------- actors
