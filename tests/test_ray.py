@@ -299,3 +299,24 @@ def test_a_head_and_a_worker_node_get_the_model_shipped_and_give_the_same_record
     assert (workdir / "ray.jsonl").read_bytes() == (workdir / "local.jsonl").read_bytes()
     shipped = list(unpacked.glob("*/*/manifest.json"))  # unpacked and verified on the nodes
     assert [p.parent.parent.name for p in shipped] == [manifest_digest(Path(model))]
+
+
+def test_parquet_inputs_and_records_match_json_lines(model: str, workdir: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in (workdir / "t.jsonl").read_text().splitlines()]
+    pq.write_table(pa.Table.from_pylist(rows), workdir / "t.parquet")
+    argv = ["extract", "--schema", "s.json", "--text-field", "body", "--id-field", "id", "-m", model, "-q"]
+    from_jsonl = run_cli([*argv, "--input-jsonl", "t.jsonl"], environ=ENV)
+    from_parquet = run_cli([*argv, "--input-jsonl", "t.parquet"], environ=ENV)
+    assert from_parquet.status == 0 and from_parquet.stdout == from_jsonl.stdout
+    unnamed = run_cli(["extract", "--schema", "s.json", "--text-field", "body", "-m", model,
+                       "--input-jsonl", "t.parquet"], environ=ENV)
+    assert [r["source"] for r in unnamed.records()] == ["t.parquet:1", "t.parquet:2", "t.parquet:3"]
+    assert run_cli([*argv, "--input-jsonl", "t.parquet", "-o", "r.parquet"], environ=ENV).status == 0
+    table = pq.read_table(workdir / "r.parquet").to_pylist()
+    assert [(row["source"], json.loads(row["data"])) for row in table] == [
+        (r["source"], r["data"]) for r in from_jsonl.records()]
+    resumed = run_cli([*argv, "--input-jsonl", "t.parquet", "-o", "r.parquet", "--resume"], environ=ENV)
+    assert resumed.status == 2 and "--resume needs a JSON Lines FILE" in resumed.stderr
