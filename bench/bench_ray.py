@@ -17,7 +17,8 @@ Per kind, medians over the runs (min-max in brackets):
   model s/doc  the extractor's own time per steady-state document (mean meta.seconds)
   overhead     steady wall time per document and worker (workers / docs/s) minus the model's time per
                document: what the batch machinery costs each document (for jobs1, reading and writing
-               records; ray1 - jobs1 is Ray's overhead per document)
+               records). Below the table, ray1 - jobs1 and ray2 - jobs2 run by run: Ray's cost per
+               document (steady wall s/doc) and its fixed cost (the first record's delay)
 """
 
 from __future__ import annotations
@@ -102,6 +103,13 @@ def main() -> None:
                  summary([r["rate"] for r in rows]), summary([r["model"] for r in rows], 3),
                  summary([r["overhead"] for r in rows], 3)]
         print(f"| {kind} | " + " | ".join(cells) + " |")
+    for ray, local in (("ray1", "jobs1"), ("ray2", "jobs2")):
+        if ray in results and local in results:
+            pairs = list(zip(results[ray], results[local], strict=True))
+            per_doc = [1 / r["rate"] - 1 / j["rate"] for r, j in pairs]
+            start = [r["first"] - j["first"] for r, j in pairs]
+            print(f"\n{ray} - {local}, run by run: steady s/doc {summary(per_doc, 3)}, "
+                  f"first record s {summary(start, 1)}")
 
 
 if __name__ == "__main__":
