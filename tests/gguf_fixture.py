@@ -298,50 +298,12 @@ def write_tiny_gguf(path: Path, *, seed: int = 0, types: Sequence[str] = DEFAULT
 
 # ------------------------------------------------------------------------------ transformers reference
 
-#: llama.cpp's tensor roles -> transformers' Gemma3 parameter names (per block)
-HF_NAMES = {
-    "attn_norm": "input_layernorm", "post_attention_norm": "post_attention_layernorm",
-    "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm",
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
-    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-}
-
-
-def hf_state_dict(model: GGUFModel, layers: int) -> dict[str, np.ndarray]:
-    """transformers' Gemma3ForCausalLM weights from the GGUF's de-quantized tensors (norms: stored - 1)."""
-    state = {"model.embed_tokens.weight": model.rows("token_embd.weight"),
-             "model.norm.weight": model.vector("output_norm.weight") - 1.0}
-    for block in range(layers):
-        for role, hf_name in HF_NAMES.items():
-            source = f"blk.{block}.{role}.weight"
-            target = f"model.layers.{block}.{hf_name}.weight"
-            state[target] = model.vector(source) - 1.0 if role.endswith("norm") else model.rows(source)
-    if model.has("output.weight"):
-        state["lm_head.weight"] = model.rows("output.weight")
-    return state
-
-
 def transformers_from_gguf(model: GGUFModel, config: dict[str, Any] | None = None) -> Any:
     """fp32, eager-attention Gemma3ForCausalLM holding exactly the GGUF's de-quantized weights."""
     requires_torch("a transformers reference")
-    import torch
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    from gemmacli.models.torch_gemma import torch_model
 
-    config = dict(config or model.hf_config())
-    config.pop("model_type", None)
-    config.pop("architectures", None)
-    hf_config = Gemma3TextConfig(**config)
-    hf_config._attn_implementation = "eager"
-    reference = Gemma3ForCausalLM(hf_config).eval()
-    state = {name: torch.from_numpy(np.array(array, dtype=np.float32))
-             for name, array in hf_state_dict(model, hf_config.num_hidden_layers).items()}
-    missing, unexpected = reference.load_state_dict(state, strict=False)
-    assert not unexpected, unexpected
-    assert set(missing) <= {"lm_head.weight"}, missing  # tied: the embedding
-    if hf_config.tie_word_embeddings:
-        reference.tie_weights()
-    return reference
+    return torch_model(model, config or model.hf_config(), attention="eager").eval()
 
 
 @dataclass

@@ -126,9 +126,9 @@ class HashingReader:
 
 def register_all(sub: argparse._SubParsersAction) -> None:
     """Each command module adds its own subparser(s), in the order `--help` lists them."""
-    from gemmacli.cli import check_cmd, completion, eval_cmd, extract_cmd, model_cmd, schema_cmd
+    from gemmacli.cli import check_cmd, completion, eval_cmd, extract_cmd, model_cmd, schema_cmd, tune_cmd
 
-    for module in (extract_cmd, check_cmd, eval_cmd, schema_cmd, model_cmd, completion):
+    for module in (extract_cmd, check_cmd, eval_cmd, tune_cmd, schema_cmd, model_cmd, completion):
         module.register(sub)
 
 
@@ -141,6 +141,20 @@ def default_model(env: Environment) -> str:
         env.info(f"model: {name} (no --model given; "
                  f"{'from $GEMMACLI_MODEL' if env.environ.get('GEMMACLI_MODEL') else 'best installed'})")
     return name
+
+
+def warn_if_tuned_elsewhere(model: str, schema: Any, env: Environment) -> None:
+    """A tuned model knows one schema: using it with another is allowed, but rarely what was meant."""
+    from gemmacli.models import store
+
+    try:
+        manifest = store.read_manifest(store.resolve_model(model, env.environ))
+    except Exception:  # a missing or broken model is reported where it is loaded
+        return
+    tuned = (manifest.get("tune") or {}).get("schema") or {}
+    if tuned.get("sha256") and tuned["sha256"] != getattr(schema, "sha256", None):
+        env.warn(f"{manifest.get('name', model)} was tuned for another schema ({tuned.get('source')}, "
+                 f"sha256 {str(tuned['sha256'])[:12]}…): expect poor values")
 
 
 def read_examples(args: argparse.Namespace, loaded: Any, env: Environment) -> Any:

