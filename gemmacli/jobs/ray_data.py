@@ -282,8 +282,9 @@ def _objects(np: Any, values: list[Any]) -> Any:
 def plan_actors(ray: Any, options: RayOptions, count: int) -> tuple[int, int]:
     """(actors, CPUs per actor) for `count` sources on the connected cluster."""
     cpus = options.cpus_per_actor
-    if cpus is None:
-        cpus = max(1, capacity.cpu_count() // max(1, options.actors)) if options.address is None else 1
+    if cpus is None:  # a local Ray shares this machine out among the actors asked for; else one each
+        local = options.address is None and options.actors > 0
+        cpus = max(1, capacity.cpu_count() // options.actors) if local else 1
     actors = options.actors
     if actors == 0:
         actors = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
