@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from extras import file_lock, requires_torch
+from extras import file_lock, has_ray, requires_torch
 
 FIXTURE_VERSION = "tiny-1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -108,12 +108,16 @@ def _no_checkout_store(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`@pytest.mark.torch` tests skip cleanly without torch and transformers (see tests/extras.py)."""
+    """`@pytest.mark.torch` tests skip cleanly without torch and transformers, `@pytest.mark.ray` ones
+    without Ray Data (see tests/extras.py)."""
     import importlib.util
 
-    if importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None:
-        return
-    skip = pytest.mark.skip(reason="needs torch and transformers: pip install -e '.[dev]'")
+    missing = {}
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+        missing["torch"] = "needs torch and transformers: pip install -e '.[dev]'"
+    if not has_ray():
+        missing["ray"] = "needs Ray Data: pip install -e '.[ray]'"
     for item in items:
-        if item.get_closest_marker("torch"):
-            item.add_marker(skip)
+        for marker, reason in missing.items():
+            if item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.skip(reason=reason))

@@ -18,6 +18,11 @@ def requires_torch(what: str) -> None:
         pytest.skip(f"{what} needs torch and transformers: pip install -e '.[dev]'")
 
 
+def has_ray() -> bool:
+    """Ray Data importable (the `ray` extra, part of `dev`)?"""
+    return importlib.util.find_spec("ray") is not None and importlib.util.find_spec("pyarrow") is not None
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock on `path`: parallel pytest processes never build one cached model twice."""

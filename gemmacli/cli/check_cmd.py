@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
@@ -25,6 +25,7 @@ from gemmacli.cli.commands import (
     positive_int,
 )
 from gemmacli.cli.core import silence_stdout
+from gemmacli.cli.ray_flags import add_ray_options, ray_options
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, UsageError
 from gemmacli.files import write_atomically
@@ -43,6 +44,9 @@ from gemmacli.jobs.policy import (
 )
 from gemmacli.jobs.reports import FORMATS, compact_value, format_for_path, render
 from gemmacli.schema import canonical_json
+
+if TYPE_CHECKING:
+    from gemmacli.jobs.ray_data import RayOptions
 
 DESCRIPTION = """\
 Extract each input with --schema and judge the result with --policy (a JSON Schema over the extracted
@@ -98,12 +102,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="judge empty files instead of counting them as errors (as `extract` does)")
     parser.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
                         help="worker processes for the files not in the cache, each loading the model once "
-                             "(0 = auto: capped by CPUs and by memory)")
+                             "(0 = auto: capped by CPUs and by memory); with --ray, Ray actors")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
     add_model_options(parser, default_model="the best installed Gemma 3 model")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="onnxruntime threads")
     add_decoding_options(parser)
+    add_ray_options(parser)
     add_common_flags(parser)
     parser.set_defaults(handler=run_check)
 
@@ -144,6 +149,7 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
     fmt = _report_format(args)
     if args.jobs < 0:
         raise UsageError("--jobs must be 0 (auto) or more")
+    ray = ray_options(args, args.jobs)  # a missing Ray is exit 2, before any work
     policy = load_policy(args.policy)
 
     from gemmacli.schema import load_schema, prepare_schema
@@ -178,14 +184,14 @@ def run_check(args: argparse.Namespace, env: Environment) -> ExitStatus:
     if not args.no_cache:
         cache = ResultCache(default_cache_dir(env.environ), warn=env.warn)
         env.verbose(f"cache: {cache.folder}")
-    jobs, why = capacity.plan_jobs(args.jobs, len(sources), _size(folder))
+    jobs, why = capacity.plan_jobs(args.jobs, len(sources), _size(folder)) if ray is None else (1, None)
     if why is not None:
         env.warn(why)
     runner = CheckRunner(policy=policy, extractor_factory=make_extractor, fingerprint=fingerprint,
                          cache=cache, encoding=args.encoding, decode_errors=args.errors,
                          on_outcome=lambda outcome: _print_outcome(env, outcome, args.allow_errors),
                          allow_empty=args.allow_empty,
-                         extract_many=_parallel(options, jobs, env) if jobs > 1 else None)
+                         extract_many=_parallel(options, jobs, env, ray) if jobs > 1 or ray else None)
     if not sources:
         env.warn("no input files to check")
     outcomes = runner.run(sources)
@@ -220,9 +226,11 @@ def _size(folder: Path) -> int:
         return 0
 
 
-def _parallel(options: batch.ExtractOptions, jobs: int, env: Environment) -> ExtractMany:
-    """`--jobs N`: the files the cache does not know go through N worker processes (gemmacli.jobs.batch)."""
-    threads = max(1, capacity.cpu_count() // jobs)
+def _parallel(options: batch.ExtractOptions, jobs: int, env: Environment, ray: RayOptions | None = None
+              ) -> ExtractMany:
+    """`--jobs N`: the files the cache does not know go through N worker processes (gemmacli.jobs.batch),
+    or, with --ray, through Ray actors (their threads follow their CPUs)."""
+    threads = max(1, capacity.cpu_count() // jobs) if ray is None else None
     worker_options = dataclasses.replace(
         options, config=dataclasses.replace(options.config, threads=options.config.threads or threads))
 
@@ -230,8 +238,9 @@ def _parallel(options: batch.ExtractOptions, jobs: int, env: Environment) -> Ext
         from gemmacli.jobs.inputs import Source
 
         sources = [Source(name=name, kind="jsonl", path=None, text=text) for name, text in texts]
-        env.verbose(f"extracting {len(sources)} file(s) with {jobs} workers")
-        ordered = batch.outcomes(sources, worker_options, EXTRACTOR_FACTORY, min(jobs, len(sources)))
+        env.verbose(f"extracting {len(sources)} file(s) with "
+                    + (f"{jobs} workers" if ray is None else f"Ray actors: {ray.actors or 'auto'}"))
+        ordered = batch.outcomes(sources, worker_options, EXTRACTOR_FACTORY, min(jobs, len(sources)), ray=ray)
         try:
             for _source, outcome in ordered:
                 record = outcome.record

@@ -26,6 +26,7 @@ from gemmacli.cli.commands import (
     positive_int,
     warn_if_tuned_elsewhere,
 )
+from gemmacli.cli.ray_flags import add_ray_options, ray_options
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, UsageError
 from gemmacli.files import write_atomically
@@ -63,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-n", "--limit", type=positive_int, default=None, metavar="N",
                         help="score the first N records only")
     parser.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
-                        help="worker processes (0: one per CPU; default 1)")
+                        help="worker processes (0: one per CPU; default 1); with --ray, Ray actors")
     parser.add_argument("--format", "-f", choices=("table", "json"), default=None,
                         help="stdout: the JSON report (json) or nothing but the table on stderr (table); "
                              "default: json when stdout is not a terminal and there is no -o")
@@ -74,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--label-field", default="label", help="record field with the label (default: label)")
     parser.add_argument("--id-field", default="id", help="record field with the id (default: id)")
     add_model_options(parser, default_model="the best installed Gemma 3 model")
+    add_ray_options(parser)
     add_common_flags(parser)
     parser.set_defaults(handler=handle)
 
@@ -83,6 +85,7 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
         raise UsageError(f"--min-score is a score between 0 and 1, not {args.min_score}")
     if args.jobs < 0:
         raise UsageError("--jobs must be 0 (one per CPU) or more")
+    ray = ray_options(args, args.jobs)  # a missing Ray is exit 2, before any work
     loaded = prepare_schema(load_schema(args.schema), lenient=args.lenient)  # checked once
     for warning in loaded.warnings:
         env.warn(warning)
@@ -93,13 +96,14 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
     model = args.model or default_model(env)
     warn_if_tuned_elsewhere(model, loaded, env)
     jobs = min(args.jobs if args.jobs > 0 else (os.cpu_count() or 1), len(records))
-    config = extraction_config(args, loaded, env,
-                               threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
+    config = extraction_config(args, loaded, env, threads=max(1, (os.cpu_count() or 1) // jobs)
+                               if jobs > 1 and ray is None else None)  # Ray actors: threads = their CPUs
     examples = config.examples
     _warn_on_overlap(examples, records, env)
     options = batch.ExtractOptions(schema=loaded, model=model, config=config, with_meta=True)
-    env.info(f"eval: {len(records)} record(s) of {args.data} with {model}; jobs: {jobs}")
-    report = evaluate_records(records, options, jobs=jobs, progress=make_progress(env, every=10))
+    where = f"jobs: {jobs}" if ray is None else f"Ray actors: {ray.actors or 'auto'}"
+    env.info(f"eval: {len(records)} record(s) of {args.data} with {model}; {where}")
+    report = evaluate_records(records, options, jobs=jobs, progress=make_progress(env, every=10), ray=ray)
     report |= {"schema": args.schema, "data": str(args.data), "model": model, "spans": args.spans,
                "examples": {"pool": len(examples.pool), "shots": examples.shots, "select": examples.select},
                "jobs": jobs}

@@ -12,7 +12,7 @@ import argparse
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, UsageError
@@ -20,6 +20,7 @@ from gemmacli.files import is_regular_or_new
 from gemmacli.jobs import batch
 from gemmacli.jobs.inputs import Source
 from gemmacli.jobs.outfile import OutputLock, differences
+from gemmacli.jobs.parquet import ParquetSink, is_parquet
 from gemmacli.jobs.progress import format_duration, make_progress
 from gemmacli.jobs.records import (
     JsonlFileSink,
@@ -30,6 +31,9 @@ from gemmacli.jobs.records import (
     skip_recorded,
 )
 from gemmacli.schema import schema_sha256
+
+if TYPE_CHECKING:
+    from gemmacli.jobs.ray_data import RayOptions
 
 
 @dataclass
@@ -42,6 +46,7 @@ class BatchRun:
     jobs: int
     stdin_sha256: str | None
     factory: batch.ExtractorFactory  # extract_cmd.EXTRACTOR_FACTORY, the seam tests use for a fake model
+    ray: RayOptions | None = None  # --ray: Ray Data actors instead of `jobs` worker processes
 
 
 def extract_batch(run: BatchRun, args: argparse.Namespace, env: Environment) -> ExitStatus:
@@ -55,6 +60,8 @@ def extract_batch(run: BatchRun, args: argparse.Namespace, env: Environment) -> 
     lock = OutputLock(run.output) if regular else None
     try:
         earlier = _open_checkpoint(run, lock, args, env)
+        if is_parquet(run.output):  # written whole at the end (no --resume): nothing to scan or skip
+            return _run_records(run, ParquetSink(run.output), args, env, earlier=None)
         sink = JsonlFileSink(run.output, resume=args.resume, retry_failed=args.retry_failed)
         if lock is not None:
             lock.record(_fingerprint(run.options, args), stdin_sha256=run.stdin_sha256)
@@ -151,9 +158,10 @@ def _run_records(
             factory=run.factory,
             progress=progress,
             fail_fast=args.fail_fast,
+            ray=run.ray,
         )
     except KeyboardInterrupt:
-        if run.output is not None:
+        if run.output is not None and not is_parquet(run.output):
             where = _escape(str(run.output))
             env.info(f"{written.count} record(s) written to {where}; rerun with --resume to continue")
         raise

@@ -23,11 +23,13 @@ from gemmacli.cli.commands import (
     warn_if_tuned_elsewhere,
 )
 from gemmacli.cli.extract_batch import BatchRun, extract_batch
+from gemmacli.cli.ray_flags import add_ray_options, ray_options
 from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus, ExtractionFailed, InputOutputError, UsageError
 from gemmacli.files import write_atomically
 from gemmacli.jobs import batch, capacity
 from gemmacli.jobs.inputs import Readable, Source, collect_sources
+from gemmacli.jobs.parquet import is_parquet
 
 DEFAULT_MODEL_HELP = "the best installed Gemma 3 model"
 
@@ -38,6 +40,7 @@ examples:
   gemmacli extract --schema 'name, age int, email?: their email, tags [str], mood enum(happy|sad)' -
   gemmacli extract --schema s.json --input-jsonl tickets.jsonl --text-field body --id-field id
   gemmacli extract --schema ticket inbox/ --glob '*.txt' -o triage.jsonl --resume
+  gemmacli extract --schema ticket inbox/ -o triage.jsonl --resume --ray HEAD:6379 --jobs 16
 """
 
 DESCRIPTION = """\
@@ -85,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="read texts from a JSON Lines file (repeatable; - for stdin)",
+        help="read texts from a JSON Lines file, or the rows of a .parquet file (repeatable; - for stdin)",
     )
     source.add_argument(
         "--text-field",
@@ -107,7 +110,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "-o",
         "--output",
         metavar="FILE",
-        help="write to FILE (a single result atomically; JSON Lines record by record)",
+        help="write to FILE (a single result atomically; JSON Lines record by record; a .parquet FILE gets "
+        "the records as a Parquet table)",
     )
     output.add_argument(
         "--resume",
@@ -156,7 +160,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="worker processes, each loading the model once (0 = auto: capped by CPUs and by memory)",
+        help="worker processes, each loading the model once (0 = auto: capped by CPUs and by memory); "
+        "with --ray, Ray actors",
     )
     batch_group.add_argument("--fail-fast", action="store_true", help="stop at the first failed record")
     batch_group.add_argument(
@@ -166,6 +171,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="when stderr is not a terminal, a progress line every N records",
     )
+    add_ray_options(batch_group)
     add_common_flags(parser)
     parser.set_defaults(handler=handle, usage_text=parser.format_usage)
 
@@ -173,6 +179,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Validate the command line, load and check the schema, gather sources, then extract."""
     _validate(args)
+    ray = ray_options(args, args.jobs)  # before any work: a missing Ray is exit 2
     options_schema = _load_schema(args, env)
     stdin = HashingReader(env.stdin)
     sources = _gather_sources(args, env, stdin)
@@ -181,6 +188,8 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
         sources = _without_output_file(sources, output)
     as_records = (
         args.records
+        or ray is not None
+        or (output is not None and is_parquet(output))
         or args.resume
         or bool(args.input_jsonl)
         or len(sources) != 1
@@ -195,7 +204,7 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
     model = _check_model(args.model or default_model(env), env)
     warn_if_tuned_elsewhere(model, options_schema, env)
     check_max_tokens(args.max_tokens, Path(model))
-    jobs = _plan_jobs(args.jobs, len(sources), Path(model), env)
+    jobs = _plan_jobs(args.jobs, len(sources), Path(model), env) if ray is None else 1
     config = extraction_config(args, options_schema, env,
                                threads=max(1, capacity.cpu_count() // jobs) if jobs > 1 else None)
     options = batch.ExtractOptions(
@@ -207,12 +216,13 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
         allow_empty=args.allow_empty,
         with_meta=args.with_meta,
     )
-    env.verbose(f"model: {model}; {len(sources)} input(s); jobs: {jobs}")
+    env.verbose(f"model: {model}; {len(sources)} input(s); "
+                + (f"jobs: {jobs}" if ray is None else f"Ray actors: {ray.actors or 'auto'}"))
     if not as_records:
         return _extract_single(sources[0], options, output, args, env)
     if args.pretty:
         env.warn("--pretty applies to a single result; JSON Lines keep one record per line")
-    run = BatchRun(sources, options, output, jobs, stdin.sha256(), EXTRACTOR_FACTORY)
+    run = BatchRun(sources, options, output, jobs, stdin.sha256(), EXTRACTOR_FACTORY, ray)
     return extract_batch(run, args, env)
 
 
@@ -233,6 +243,9 @@ def _plan_jobs(requested: int, count: int, model: Path, env: Environment) -> int
 def _validate(args: argparse.Namespace) -> None:
     if args.resume and not args.output:
         raise UsageError("--resume needs -o FILE: the records already in FILE say what to skip")
+    if args.resume and is_parquet(Path(args.output)):
+        raise UsageError("--resume needs a JSON Lines FILE: a Parquet file is written whole, at the end",
+                         hint="write -o FILE.jsonl to resume; convert it to Parquet afterwards")
     if args.retry_failed and not args.resume:
         raise UsageError("--retry-failed goes with --resume -o FILE")
     if args.jobs < 0:

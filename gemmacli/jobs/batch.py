@@ -11,7 +11,8 @@ Design
   would fail every source (model missing, schema refused) stop the batch with their own exit status.
 
 Where the rest lives: records, sinks and --resume in gemmacli.jobs.records, progress reporters in
-gemmacli.jobs.progress, the worker count (`--jobs`) in gemmacli.jobs.capacity.
+gemmacli.jobs.progress, the worker count (`--jobs`) in gemmacli.jobs.capacity, and the same outcomes from
+Ray Data actors on a cluster (`--ray`) in gemmacli.jobs.ray_data.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gemmacli.engine.config import ExtractionConfig
 from gemmacli.errors import (
@@ -41,6 +42,9 @@ from gemmacli.errors import (
 from gemmacli.jobs.inputs import Source, require_text
 from gemmacli.jobs.progress import NoProgress, ProgressReporter
 from gemmacli.jobs.records import RecordSink
+
+if TYPE_CHECKING:
+    from gemmacli.jobs.ray_data import RayOptions
 
 
 @dataclass(frozen=True)
@@ -189,12 +193,13 @@ def run_batch(
     factory: ExtractorFactory = build_extractor,
     progress: ProgressReporter | None = None,
     fail_fast: bool = False,
+    ray: RayOptions | None = None,
 ) -> BatchSummary:
     """Extract every source, write records in input order, and say how it went."""
     progress = progress or NoProgress()
     summary = BatchSummary(total=len(sources))
     started = time.monotonic()
-    ordered = outcomes(sources, options, factory, jobs, progress)
+    ordered = outcomes(sources, options, factory, jobs, progress, ray=ray)
     progress.start(len(sources))
     try:
         for source, outcome in ordered:
@@ -220,10 +225,17 @@ def outcomes(
     factory: ExtractorFactory,
     jobs: int,
     progress: ProgressReporter | None = None,
+    *,
+    ray: RayOptions | None = None,
 ) -> Generator[tuple[Source, Outcome], None, None]:
-    """(source, outcome) in input order, from this process or `jobs` workers; close() stops the workers.
-    What run_batch iterates; `check --jobs` uses it too."""
+    """(source, outcome) in input order, from this process, `jobs` workers or `ray.actors` Ray actors
+    (gemmacli.jobs.ray_data); close() stops the workers. What run_batch iterates; `check --jobs` uses it
+    too."""
     progress = progress or NoProgress()
+    if ray is not None:
+        from gemmacli.jobs.ray_data import ray_outcomes
+
+        return ray_outcomes(sources, options, factory, ray, progress)
     if jobs <= 1:
         return _outcomes_serial(sources, options, factory, progress)
     return _outcomes_parallel(sources, options, factory, progress, jobs)
@@ -251,12 +263,14 @@ def _worker_init(factory: ExtractorFactory, options: ExtractOptions, parent_pid:
     try:
         _WORKER["extractor"] = factory(options)
     except GemmacliError as exc:
-        _WORKER["fatal"] = _describe(exc)
+        _WORKER["fatal"] = describe_fatal(exc)
     except Exception as exc:
-        _WORKER["fatal"] = {
-            "kind": "ModelError",
-            "message": f"worker could not start: {type(exc).__name__}: {exc}",
-        }
+        _WORKER["fatal"] = startup_failure(exc)
+
+
+def startup_failure(exc: Exception) -> dict[str, Any]:
+    """A worker (process or Ray actor) that could not build its Extractor: a model problem (exit 4)."""
+    return {"kind": "ModelError", "message": f"worker could not start: {type(exc).__name__}: {exc}"}
 
 
 def _exit_when_orphaned(parent_pid: int) -> None:
@@ -273,11 +287,12 @@ def _worker_run(source: Source, options: ExtractOptions) -> Outcome | dict[str, 
     try:
         return process_source(_WORKER["extractor"], source, options)
     except GemmacliError as exc:
-        return _describe(exc)
+        return describe_fatal(exc)
 
 
-def _describe(exc: GemmacliError) -> dict[str, Any]:
-    """A fatal error as plain data: exceptions with keyword arguments do not survive pickling intact."""
+def describe_fatal(exc: GemmacliError) -> dict[str, Any]:
+    """A fatal error as plain data: exceptions with keyword arguments do not survive pickling intact
+    (worker processes and Ray actors send this instead; rebuild_fatal turns it back)."""
     return {
         "kind": type(exc).__name__,
         "message": exc.message,
@@ -286,7 +301,7 @@ def _describe(exc: GemmacliError) -> dict[str, Any]:
     }
 
 
-def _rebuild(description: dict[str, Any]) -> GemmacliError:
+def rebuild_fatal(description: dict[str, Any]) -> GemmacliError:
     kinds: dict[str, type[GemmacliError]] = {
         "ModelError": ModelError,
         "SchemaError": SchemaError,
@@ -354,7 +369,7 @@ def _outcomes_parallel(
                         hint="retry with fewer --jobs; add --debug for details",
                     ) from exc
                 if isinstance(result, dict):
-                    raise _rebuild(result)
+                    raise rebuild_fatal(result)
                 ready[index_of.pop(future)] = result
                 progress.advance(result.ok, result.seconds)
             while in_order and in_order[0][0] in ready:

@@ -119,7 +119,9 @@ def collect_sources(
                 sources.append(Source(name="-", kind="stdin", path=None, data=data, from_stdin=True))
             continue
         for path, name in _expand(arg, glob):
-            if jsonl:
+            if jsonl and path.suffix.lower() == ".parquet":
+                sources.extend(_parquet_sources(path, name, text_field, id_field))
+            elif jsonl:
                 try:
                     data = path.read_bytes()
                 except OSError as exc:
@@ -179,11 +181,11 @@ def _jsonl_sources(data: bytes, name: str, text_field: str, id_field: str | None
     """One source per non-blank line; named by `id_field` when given, else FILE:LINE."""
     text = decode(data, name)
     sources = []
+    label = "stdin" if name == "-" else name
     # "\n" only, not splitlines(): a raw U+2028 may sit inside a JSON string
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        label = "stdin" if name == "-" else name
         where = f"{label}, line {number}"
         try:
             record = json.loads(line)
@@ -191,18 +193,32 @@ def _jsonl_sources(data: bytes, name: str, text_field: str, id_field: str | None
             raise InputOutputError(f"{where}: not a JSON object ({exc.msg} at column {exc.colno})") from exc
         if not isinstance(record, dict):
             raise InputOutputError(f"{where}: expected a JSON object, found {type(record).__name__}")
-        if text_field not in record:
-            raise InputOutputError(
-                f"{where}: no field '{text_field}'", hint="name the text field with --text-field"
-            )
-        value = record[text_field]
-        if not isinstance(value, str):
-            value = json.dumps(value, ensure_ascii=False) if value is not None else ""
-        source_name = f"{label}:{number}"
-        if id_field is not None:
-            if id_field not in record:
-                raise InputOutputError(f"{where}: no field '{id_field}'", hint="check --id-field")
-            identity = record[id_field]
-            source_name = identity if isinstance(identity, str) else json.dumps(identity)
-        sources.append(Source(name=source_name, kind="jsonl", path=None, text=value, from_stdin=name == "-"))
+        sources.append(_record_source(record, where, f"{label}:{number}", text_field, id_field, name == "-"))
     return sources
+
+
+def _parquet_sources(path: Path, name: str, text_field: str, id_field: str | None) -> list[Source]:
+    """One source per row of a Parquet file (gemmacli.jobs.parquet), named like JSON Lines: FILE:ROW."""
+    from gemmacli.jobs.parquet import parquet_records
+
+    return [_record_source(row, f"{name}, row {number}", f"{name}:{number}", text_field, id_field, False)
+            for number, row in parquet_records(path, name)]
+
+
+def _record_source(
+    record: dict, where: str, default_name: str, text_field: str, id_field: str | None, from_stdin: bool
+) -> Source:
+    """A JSON Lines record or Parquet row as a Source: its text field, named by `id_field` when given."""
+    if text_field not in record:
+        raise InputOutputError(f"{where}: no field '{text_field}'",
+                               hint="name the text field with --text-field")
+    value = record[text_field]
+    if not isinstance(value, str):
+        value = json.dumps(value, ensure_ascii=False) if value is not None else ""
+    source_name = default_name
+    if id_field is not None:
+        if id_field not in record:
+            raise InputOutputError(f"{where}: no field '{id_field}'", hint="check --id-field")
+        identity = record[id_field]
+        source_name = identity if isinstance(identity, str) else json.dumps(identity)
+    return Source(name=source_name, kind="jsonl", path=None, text=value, from_stdin=from_stdin)

@@ -8,21 +8,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gemmacli.jobs import batch
 from gemmacli.jobs.evaluate import LabelledRecord, Scorer
 from gemmacli.jobs.inputs import Source
 from gemmacli.jobs.progress import ProgressReporter
 
+if TYPE_CHECKING:
+    from gemmacli.jobs.ray_data import RayOptions
+
 
 def evaluate_records(records: Sequence[LabelledRecord], options: batch.ExtractOptions, *, jobs: int = 1,
-                     progress: ProgressReporter | None = None) -> dict[str, Any]:
-    """Extract every record (as extract would) and score it against its label: the eval report."""
+                     progress: ProgressReporter | None = None, ray: RayOptions | None = None
+                     ) -> dict[str, Any]:
+    """Extract every record (as extract would; on Ray actors with `ray`) and score it against its label:
+    the eval report."""
     sink = _Collect()
     started = time.monotonic()
     sources = [Source(r.id, "jsonl", None, text=r.text) for r in records]
-    batch.run_batch(sources, options, sink, jobs=jobs, progress=progress)
+    batch.run_batch(sources, options, sink, jobs=jobs, progress=progress, ray=ray)
     schema = options.schema if isinstance(options.schema, dict) else options.schema.schema
     return _report(records, sink.records, schema, time.monotonic() - started)
 
