@@ -217,3 +217,33 @@ def test_without_the_training_stack_tune_says_what_to_install(setup: dict[str, P
     code, _, err = cli(["tune", "--schema", json.dumps(SCHEMA), "--data", str(setup["train"]),
                         "--base", str(setup["gguf"]), "--name", "x"])
     assert code == ExitStatus.USAGE and "pip install" in err and "gemmacli[tune]" in err
+
+
+def test_the_answer_is_walked_with_extracts_grammar(setup: dict[str, Path], tuned: dict[str, Any]) -> None:
+    """Forced tokens are fed (no loss); the label's token is a choice among the few the grammar allows;
+    a label off the grammar's path falls back to plain tokens, each a choice over the whole vocabulary."""
+    from gemmacli.jobs.evaluate import LabelledRecord
+    from gemmacli.jobs.tune.data import training_sequence
+    from gemmacli.jobs.tune.run import _answer_grammar
+    from gemmacli.models import store
+
+    folder = setup["root"] / "models" / "tuned"
+    config = store.ModelConfig.from_folder(folder)
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    schema = prepare_schema(load_schema(json.dumps(SCHEMA)))
+    grammar = _answer_grammar(schema, config, tokenizer, folder / "tokenizer.json")
+    record = LabelledRecord("x", "the film was good", {"sentiment": "positive"})
+    walked = training_sequence(tokenizer, config, SCHEMA, record, max_prompt_tokens=512, grammar=grammar)
+    plain = training_sequence(tokenizer, config, SCHEMA, record, max_prompt_tokens=512)
+    assert walked.ids[: walked.answer_start] == plain.ids[: plain.answer_start]
+    assert tokenizer.decode(list(walked.ids[walked.answer_start:])).startswith('{"sentiment":"positive"}')
+    assert 1 <= len(walked.choices) < walked.answer_tokens  # the keys and brackets are forced
+    for choice in walked.choices:
+        assert choice.allowed is not None and walked.ids[choice.index] in choice.allowed
+    assert all(choice.allowed is None for choice in plain.choices)
+    assert len(plain.choices) == plain.answer_tokens
+    off_path, choices = grammar.walk(tokenizer, '{"mood":"x"}', 1)
+    assert tokenizer.decode(off_path).startswith('{"mood":"x"}')
+    assert choices and all(c.allowed is None for c in choices)
