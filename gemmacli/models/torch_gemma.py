@@ -11,6 +11,7 @@ torch and transformers are imported inside the functions that need them (the `ge
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,13 +47,33 @@ def is_norm(llama_name: str) -> bool:
 
 def hf_state_dict(weights: WeightSource, layers: int) -> dict[str, np.ndarray]:
     """transformers' Gemma3ForCausalLM weights from a weight source's de-quantized tensors (norms minus 1)."""
-    state = {"model.embed_tokens.weight": weights.rows("token_embd.weight")}
+    state = {"model.embed_tokens.weight": _table(weights, "token_embd.weight")}
     for hf_name, llama_name in block_names(layers).items():
         state[hf_name] = (weights.vector(llama_name) - 1.0 if is_norm(llama_name)
                           else weights.rows(llama_name))
     if weights.has("output.weight"):
         state["lm_head.weight"] = weights.rows("output.weight")
     return state
+
+
+def _table(weights: WeightSource, name: str, rows_per_slice: int = 16384) -> np.ndarray:
+    """A large table de-quantized a slice at a time into one array (the whole table at once doubled the
+    peak memory with the de-quantizer's temporaries)."""
+    total = weights.row_count(name)
+    first = weights.rows(name, 0, min(total, rows_per_slice))
+    table = np.empty((total, first.shape[1]), dtype=np.float32)
+    table[: len(first)] = first
+    for start in range(len(first), total, rows_per_slice):
+        table[start: start + rows_per_slice] = weights.rows(name, start, min(total, start + rows_per_slice))
+    return table
+
+
+def _without_init() -> Any:
+    try:
+        from transformers.modeling_utils import no_init_weights
+    except ImportError:  # pragma: no cover - transformers moved it
+        return contextlib.nullcontext()
+    return no_init_weights()
 
 
 def torch_model(weights: WeightSource, config: Mapping[str, Any], *, attention: str = "sdpa") -> Any:
@@ -63,10 +84,14 @@ def torch_model(weights: WeightSource, config: Mapping[str, Any], *, attention: 
     options = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
     hf_config = Gemma3TextConfig(**options)
     hf_config._attn_implementation = attention
-    model = Gemma3ForCausalLM(hf_config)
-    state = {name: torch.from_numpy(np.array(array, dtype=np.float32))  # a writable copy
+    # The arrays become the parameters (assign=True; torch.from_numpy shares them), built before the
+    # model's random ones exist: one copy of the weights beside those at the peak, not two
+    # (4.4 GiB to load the 270M model before, 2.4 with the init skipped too, measured).
+    state = {name: torch.from_numpy(np.require(array, dtype=np.float32, requirements=["C", "W"]))
              for name, array in hf_state_dict(weights, hf_config.num_hidden_layers).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    with _without_init():  # the random initialisation is discarded: skip it (and its temporaries)
+        model = Gemma3ForCausalLM(hf_config)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if unexpected or not set(missing) <= {"lm_head.weight"}:
         raise ValueError(f"weights do not fit Gemma3ForCausalLM: missing {missing}, unexpected {unexpected}")
     if hf_config.tie_word_embeddings:
