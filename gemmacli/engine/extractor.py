@@ -247,7 +247,7 @@ class Extractor:
         self.timings["tokenizer_build"] = self._tokenizer_build.build_seconds
         self.timings["tokenizer_wait"] = self._tokenizer_build.wait_seconds
         result = decode(model, cache, matcher, tokenizer, [], self.options, hidden=hidden,
-                        model_calls=calls, model_seconds=model_seconds, hints=self._hints)
+                        model_calls=calls, model_seconds=model_seconds, hints=self._hints, context=prompt.ids)
         try:
             data = json.loads(result.text)
         except json.JSONDecodeError as exc:  # the grammar makes this unreachable; never pass it on
