@@ -39,7 +39,7 @@ from gemmacli.engine.choices import _best_accepted, _one_text, _single_token_pro
 from gemmacli.engine.grammar import Mask
 from gemmacli.engine.loops import JsonLexer, Loop, RepeatGuard, lead_out
 from gemmacli.engine.sampling import Sampler
-from gemmacli.engine.speculate import DRAFT_TOKENS, speculation_for
+from gemmacli.engine.speculate import speculation_for
 from gemmacli.errors import ExtractionFailed
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ class DecodeOptions:
     lm_head_threshold: int | None = None
     repeat_guard: bool = True  # end a value the model keeps repeating (RepeatGuard) instead of failing
     lazy_mask: bool = True  # greedy, inside strings: best accepted token first, the mask only if needed
-    speculate: int = DRAFT_TOKENS  # most prompt-lookup draft tokens a run verifies (speculate.py); 0: off
+    speculate: int = 0  # most prompt-lookup draft tokens a run verifies (speculate.py); 0: off
 
 
 @dataclass
