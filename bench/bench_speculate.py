@@ -90,13 +90,15 @@ def main() -> None:
     parser.add_argument("--draft", type=int, default=8, help="draft tokens per run (speculate)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default=str(DEFAULT_MODEL))
+    parser.add_argument("--grouped", action="store_true", help="Model(grouped_only=True) on both sides: no "
+                        "run of one token (outputs then independent of grouping inside the sliding window)")
     parser.add_argument("--json", type=Path, help="write every measurement here")
     args = parser.parse_args()
     os.environ.setdefault("GEMMACLI_PROCESS_THREAD_POOL", "1")
     sys.path.insert(0, str(ROOT))
     from gemmacli.engine.runtime import Model
 
-    model = Model.load(args.model, threads=args.threads)
+    model = Model.load(args.model, threads=args.threads, grouped_only=args.grouped)
     rows = [run_set(name, model, args.n, args.shots, args.draft) for name in args.sets.split(",")]
     print("| set | records | outputs differ | tokens/call plain | tokens/call spec | drafted | accepted "
           "| s/record plain, median (p10-p90) | s/record spec | speed-up (sum) |")
