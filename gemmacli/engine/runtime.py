@@ -31,6 +31,11 @@ class Model:
 
 KVCache.length -> int is the number of tokens already in the cache.
 
+Speculation (gemmacli.engine.speculate) also uses: forward_all(cache, ids) -> [n, H] (every new position's
+hidden state: the graph's last-position Slice gets an all-positions output in memory, so model folders need
+no change), can_rewind(cache, adding), rewind(cache, length) (back to where the last forward_all started;
+window rows it evicted are put back) and logits_rows(hidden [n, H]) -> [n, V] (one lm_head run).
+
 Also: load(..., spin=False, environ=None) (spin: let onnxruntime's idle threads
 spin; off by default), Model.generate_greedy (tests, benchmarks), Model.name, Model.sha256,
 KVCache.copy() (a snapshot owning its buffers: forward writes a GroupQueryAttention graph's cache in place).
