@@ -340,13 +340,13 @@ def main() -> None:
                                                   batch if run == 0 else [], args.speculate], args.threads)
         ours.append(result)
         peer_batch = ours[0].get("batch") if run == 0 else None
-        llama.append(_run(str(LLAMA_PY), "llama", [args.gguf, args.threads, args.docs,
-                                                   result["prompt_ids"], peer_batch, SCHEMA], args.threads)[0])
+        peer_args = [args.gguf, args.threads, args.docs, result["prompt_ids"], peer_batch, SCHEMA]
+        llama.append(_run(str(LLAMA_PY), "llama", peer_args, args.threads)[0])
         cold, wall = _run(sys.executable, "ours-cold", [args.model, args.threads, args.speculate],
                           args.threads)
         cold_ours.append((wall, cold))
-        cold, wall = _run(str(LLAMA_PY), "llama-cold", [args.gguf, args.threads, result["prompt_ids"], SCHEMA],
-                          args.threads)
+        cold, wall = _run(str(LLAMA_PY), "llama-cold",
+                          [args.gguf, args.threads, result["prompt_ids"], SCHEMA], args.threads)
         cold_llama.append((wall, cold))
     bandwidth = memory_bandwidth_gb_s(args.threads)
     our_bytes = sum(p.stat().st_size for p in Path(args.model).glob("*.onnx.data"))
