@@ -170,3 +170,19 @@ def test_speculation_on_a_copying_model_accepts_drafts_and_writes_the_same_bytes
     if schema is COPY_SCHEMA:
         assert fast.text == SCRIPT or spans != "all"  # spans of the text: the bonus always finds its piece
         assert fast.model_calls < plain.model_calls, (fast.model_calls, plain.model_calls, fast.text)
+
+
+def test_grouped_only_makes_lone_tokens_bit_equal_to_a_prefill_inside_the_window(
+        tiny_model_dir: Path) -> None:
+    """Model(grouped_only=True) never runs one token alone (it runs it twice and takes one back), so inside
+    the sliding window (16 on the tiny model) every position's hidden state is the prefill's, bit for bit."""
+    from gemmacli.engine.runtime import Model
+
+    grouped = Model.load(tiny_model_dir, threads=1, grouped_only=True)
+    ids = list(range(300, 314))
+    prefill = grouped.forward_all(grouped.new_cache(), ids)
+    cache = grouped.new_cache()
+    grouped.forward(cache, ids[:4])
+    for i in range(4, len(ids)):
+        np.testing.assert_array_equal(grouped.forward(cache, [ids[i]]), prefill[i])
+    assert cache.length == len(ids)
