@@ -64,7 +64,7 @@ from tokenizers import Tokenizer
 
 from gemmacli.engine.lmrows import LmHeadRows as _LmHeadRows
 from gemmacli.engine.sessions import PROCESS_POOL_ENV as PROCESS_POOL_ENV  # re-exported: bench, cli
-from gemmacli.engine.sessions import _all_positions_tensor, _session
+from gemmacli.engine.sessions import _session, read_decoder_graph
 from gemmacli.engine.sessions import _use_global_pool as _use_global_pool  # re-exported: bench_decode
 from gemmacli.errors import ModelError
 from gemmacli.models import store
@@ -158,21 +158,12 @@ class Model:
         self.threads = threads
         # Idle-thread spinning off by default: the decoder's spinning threads slowed the lm_head run that
         # follows each step (measured here: 72 -> 38-57 ms per token on 2 busy cores).
-        import onnx  # graph structure only (no weights): the attention op, where the last position is cut
-
-        proto = onnx.load(str(folder / DECODER_FILE), load_external_data=False)
-        attention = [n for n in proto.graph.node if n.op_type == "GroupQueryAttention"]
-        self._shared_kv = bool(attention)
-        self._window = max((a.i for n in attention for a in n.attribute if a.name == "local_window_size"),
-                           default=-1)
+        graph = read_decoder_graph(folder / DECODER_FILE)
+        self._shared_kv, self._window = graph.shared_kv, graph.window
         #: The [batch, seq, H] tensor the graph cuts its last position from, exposed as an extra output so
         #: that forward_all can return every position (speculation verifies several tokens in one run).
-        self._all_hidden = _all_positions_tensor(proto.graph) if self._shared_kv else None
-        if self._all_hidden is not None:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(
-                self._all_hidden, onnx.TensorProto.FLOAT, ["batch_size", "sequence_length", "hidden"]))
-        self._decoder = _session(folder / DECODER_FILE, threads, spin=spin,
-                                 graph=proto.SerializeToString() if self._all_hidden else None)
+        self._all_hidden = graph.all_hidden
+        self._decoder = _session(folder / DECODER_FILE, threads, spin=spin, graph=graph.edited)
         self._lm_head = _session(folder / LM_HEAD_FILE, threads, spin=spin)
         self._inputs = {i.name: i for i in self._decoder.get_inputs()}
         outputs = [o.name for o in self._decoder.get_outputs() if o.name != self._all_hidden]

@@ -4,6 +4,7 @@ graph optimizations, and a graph edited in memory (gemmacli.engine.runtime.Model
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,31 @@ def _use_global_pool(threads: int | None) -> bool:
             pass
         _GLOBAL_POOL_THREADS = wanted
     return _GLOBAL_POOL_THREADS != -1
+
+
+@dataclass(frozen=True)
+class DecoderGraph:
+    """What the runtime reads off a decoder graph's structure (no weights)."""
+
+    shared_kv: bool  # GroupQueryAttention: one cache buffer bound as past and present
+    window: int  # the sliding window of its window layers (-1: none)
+    all_hidden: str | None  # the [batch, seq, H] tensor its last position is cut from, when found
+    edited: bytes | None  # the graph with that tensor as an extra output (None: load the file as it is)
+
+
+def read_decoder_graph(path: Path) -> DecoderGraph:
+    """The graph's structure, and the graph edited to give every position's hidden state (forward_all)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    attention = [n for n in proto.graph.node if n.op_type == "GroupQueryAttention"]
+    window = max((a.i for n in attention for a in n.attribute if a.name == "local_window_size"), default=-1)
+    all_hidden = _all_positions_tensor(proto.graph) if attention else None
+    if all_hidden is None:
+        return DecoderGraph(bool(attention), window, None, None)
+    proto.graph.output.append(onnx.helper.make_tensor_value_info(
+        all_hidden, onnx.TensorProto.FLOAT, ["batch_size", "sequence_length", "hidden"]))
+    return DecoderGraph(True, window, all_hidden, proto.SerializeToString())
 
 
 def _all_positions_tensor(graph: Any) -> str | None:
