@@ -186,3 +186,15 @@ def test_grouped_only_makes_lone_tokens_bit_equal_to_a_prefill_inside_the_window
     for i in range(4, len(ids)):
         np.testing.assert_array_equal(grouped.forward(cache, [ids[i]]), prefill[i])
     assert cache.length == len(ids)
+
+
+def test_cli_speculate_flag_writes_what_plain_greedy_writes(tiny_model_dir: Path) -> None:
+    """`gemmacli extract --speculate 8` on the tiny model: same bytes as without; a negative N is refused."""
+    from cli import run_cli
+
+    text = (Path(__file__).resolve().parent / "examples" / "contact.txt").read_bytes()
+    argv = ["extract", "--schema", "contact", "-m", str(tiny_model_dir), "--spans", "all"]
+    plain, fast = run_cli(argv, text), run_cli([*argv, "--speculate", "8"], text)
+    assert plain.status == 0 and fast.status == 0, (plain.stderr, fast.stderr)
+    assert fast.stdout == plain.stdout
+    assert run_cli([*argv, "--speculate", "-1"], text).status == 2
