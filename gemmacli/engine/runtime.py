@@ -230,10 +230,9 @@ class Model:
             raise ValueError("forward needs at least one token")
         if count == 1 and self.grouped_only and self.can_rewind(cache, 2):
             # Never a run of one token: onnxruntime's one-token attention path sums in another order than
-            # its path for several tokens, whose rows are bit-equal however the tokens are grouped while
-            # the sliding window is not full (past it, no grouping agrees with another: bench/README.md).
-            # A second (throwaway) token makes greedy choices there independent of the grouping (forced
-            # tokens batched or not, speculation), for ~30% of a lone decode step. Off by default.
+            # its path for several tokens, whose rows mostly agree however the tokens are grouped (not
+            # always: bench/README.md). A second, throwaway token makes greedy choices depend less on the
+            # grouping (forced tokens batched or not, speculation), for ~30% of a lone decode step.
             hidden = self.forward_all(cache, [token_ids[0], token_ids[0]])[0]
             self.rewind(cache, cache.length - 1)
             cache.undo = None

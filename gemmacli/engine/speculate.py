@@ -13,9 +13,10 @@ grammar cuts a draft before the first token it refuses, so drafts into structure
 never paid for.
 
 What can differ: onnxruntime's floats depend on how positions are grouped into runs (a position computed in
-a run of several tokens is not bit-equal to the same position computed alone), so on a model where a
-greedy choice is a near tie, a speculative run may choose differently from a plain one. tests/ check
-byte-identity on the test models; bench/bench_speculate.py counts differences on the shared dev sets.
+a run of several tokens is not bit-equal to the same position computed alone), so where a greedy choice is
+a near tie a speculative run may choose differently from a plain one: off by default for that
+(ExtractionConfig.speculate). tests/test_speculate.py checks byte-identity on the test models;
+bench/bench_speculate.py counts differences on the shared dev sets (bench/README.md has the findings).
 """
 
 from __future__ import annotations
