@@ -412,11 +412,14 @@ class _Recording:
         return self.model.logits_for(hidden, ids)
 
 
-def golden_run(model: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """One case through Extractor.extract, as a JSON-able record of everything decode() decided."""
+def golden_run(model: Any, name: str, monkeypatch: pytest.MonkeyPatch, speculate: int = 0) -> dict[str, Any]:
+    """One case through Extractor.extract, as a JSON-able record of everything decode() decided. The golden
+    runs are plain greedy (`speculate` 0): speculation changes the calls, never the output
+    (tests/test_speculate.py compares the two)."""
     import gemmacli.engine.extractor
 
     schema, text, kwargs, overrides, lean = GOLDEN_CASES[name]
+    overrides = {"speculate": speculate, **overrides}
     calls: list[str] = []
     inner = Leaning(model, lean_ids(model, lean)) if lean else model
     extractor = Extractor(schema, model=_Recording(inner, calls), **kwargs)

@@ -52,6 +52,10 @@ def add_model_options(group: argparse._ActionsContainer, *, default_model: str) 
     group.add_argument("--no-repeat-guard", dest="repeat_guard", action="store_false",
                        help="let a model that repeats itself run into --max-tokens instead of ending the "
                             "looping value (which is reported on stderr)")
+    group.add_argument("--speculate", type=int, default=0, metavar="N",
+                       help="prompt-lookup speculation: run up to N draft tokens copied from the prompt with "
+                            "each model step (faster where outputs copy the text; a greedy near tie may "
+                            "go the other way; default 0: off, try 8)")
     group.add_argument("--lenient", action="store_true",
                        help="drop schema keywords the decoder cannot enforce (warned; output is still "
                             "validated against them) instead of exit 3")
@@ -182,4 +186,5 @@ def extraction_config(args: argparse.Namespace, loaded: Any, env: Environment,
         lenient=args.lenient, max_tokens=args.max_tokens, repeat_guard=args.repeat_guard, spans=args.spans,
         examples=read_examples(args, loaded, env), instructions=read_instructions(args.instructions),
         temperature=getattr(args, "temperature", 0.0), top_p=getattr(args, "top_p", 1.0),
-        seed=getattr(args, "seed", None), truncate=getattr(args, "truncate", False), threads=threads)
+        seed=getattr(args, "seed", None), truncate=getattr(args, "truncate", False), threads=threads,
+        speculate=getattr(args, "speculate", 0))

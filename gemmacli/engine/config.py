@@ -42,6 +42,10 @@ class ExtractionConfig:
     examples: Examples = field(default_factory=Examples)  # worked examples (gemmacli.engine.examples)
     threads: int | None = None  # onnxruntime threads (None: its default)
     prefix_cache: bool = True  # prefill the prompt head once per batch
+    #: Prompt-lookup speculation (gemmacli.engine.speculate): most draft tokens a model run verifies; 0 off.
+    #: Off by default: on the real model a position run with others is not bit-equal to one run alone, so a
+    #: greedy near tie can go the other way (bench/README.md, "Speculation").
+    speculate: int = 0
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -51,6 +55,8 @@ class ExtractionConfig:
                              option="temperature")
         if not 0 < self.top_p <= 1:  # nan fails this too
             raise UsageError(f"top_p must be in (0, 1], not {self.top_p}", option="top_p")
+        if self.speculate < 0:
+            raise UsageError(f"speculate must be 0 or more, not {self.speculate}", option="speculate")
         if self.spans not in MODES:
             raise UsageError(f"spans must be one of {', '.join(MODES)}, not {self.spans!r}", option="spans")
 
@@ -70,6 +76,8 @@ class ExtractionConfig:
     def fingerprint(self) -> dict[str, Any]:
         """What decides the output, as plain JSON data (a cache key): every field but SPEED_ONLY."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in SPEED_ONLY}
+        if not data["speculate"]:  # off: the fingerprint of every config from before the option
+            del data["speculate"]
         examples: Examples = data.pop("examples")
         data["examples"] = {"pool": [[e.text, e.answer] for e in examples.pool], "shots": examples.shots,
                             "select": examples.select}

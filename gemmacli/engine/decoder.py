@@ -27,18 +27,23 @@ Every path that adds tokens to the output checks the budget first (`_check_budge
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from gemmacli.engine.choices import PROBES as PROBES  # re-exported: its meaning is documented here
+from gemmacli.engine.choices import _best_accepted, _one_text, _single_token_probes
 from gemmacli.engine.grammar import Mask
 from gemmacli.engine.loops import JsonLexer, Loop, RepeatGuard, lead_out
 from gemmacli.engine.sampling import Sampler
+from gemmacli.engine.speculate import speculation_for
 from gemmacli.errors import ExtractionFailed
+
+if TYPE_CHECKING:
+    from gemmacli.engine.speculate import Speculation
 
 #: In free text most of the vocabulary is allowed, and its mask is the dearest (4-5 ms for the first token
 #: of a length-bounded string at 262k tokens, measured) while the full lm_head must run anyway. There (the
@@ -46,7 +51,6 @@ from gemmacli.errors import ExtractionFailed
 #: first and takes the best token the grammar accepts (checked one by one, a few µs each) among the
 #: LAZY_CANDIDATES best; only when none is accepted does it compute the mask. Same token either way.
 LAZY_CANDIDATES = 8
-PROBES = ("e", "x", "Q", "7")
 
 #: Allowed-set size up to which only the allowed lm_head rows are computed (and never more than 1/16 of the
 #: vocabulary). Dequantizing n INT4 rows in numpy costs far more per row than onnxruntime's fused kernel,
@@ -129,6 +133,7 @@ class DecodeOptions:
     lm_head_threshold: int | None = None
     repeat_guard: bool = True  # end a value the model keeps repeating (RepeatGuard) instead of failing
     lazy_mask: bool = True  # greedy, inside strings: best accepted token first, the mask only if needed
+    speculate: int = 0  # most prompt-lookup draft tokens a run verifies (speculate.py); 0: off
 
 
 @dataclass
@@ -144,6 +149,8 @@ class DecodeResult:
     full_heads: int = 0  # steps that used the full lm_head
     allowed_sizes: list[int] = field(default_factory=list)
     repeats: list[str] = field(default_factory=list)  # what the repetition guard cut, for the user
+    drafted: int = 0  # prompt-lookup draft tokens fed to the model (gemmacli.engine.speculate)
+    accepted: int = 0  # of them, the ones decoding then chose (their positions needed no run)
 
     @property
     def overhead_seconds(self) -> float:
@@ -163,15 +170,20 @@ def decode(
     model_calls: int = 0,
     model_seconds: float = 0.0,
     hints: Sequence[str] = (),
+    context: Sequence[int] = (),
 ) -> DecodeResult:
     """Run the loop until the grammar is complete; ExtractionFailed when max_tokens runs out first.
 
     `pending` holds tokens not yet fed to the model (the prompt, or nothing when the caller prefilled it
     and passes the resulting `hidden`). `tokenizer` is llguidance's LLTokenizer (for the text). `hints`
     are short texts the schema allows (gemmacli.schema.sizing.string_hints), a way out of a loop.
+    `context`: the prompt's ids, where speculation looks for drafts (default: `pending`).
     """
     decoding = _Decoding(model, cache, matcher, tokenizer, options, pending=pending, hidden=hidden,
                          model_calls=model_calls, model_seconds=model_seconds, hints=hints)
+    # Greedy and fed in groups only: a draft is a guess of greedy choices, verified in one grouped run.
+    if options.batch_forced and decoding.sampler.temperature <= 0.0:
+        decoding.spec = speculation_for(model, cache, options.speculate, list(context or pending))
     return decoding.run()
 
 
@@ -212,6 +224,7 @@ class _Decoding:
         # Greedy only: the lazy choice is an argmax. Off without jump-forward too, as it has always been.
         self.lazy = options.lazy_mask and options.jump_forward and self.sampler.temperature <= 0.0
         self.probes = _single_token_probes(tokenizer)
+        self.spec: Speculation | None = None  # prompt-lookup drafts (set by decode)
 
     # ---------------------------------------------------------------------------------------- the loop
 
@@ -350,7 +363,14 @@ class _Decoding:
 
     def _feed(self, tokens: list[int]) -> np.ndarray:
         """One forward call for all the queued tokens (the prompt always in one; token by token when the
-        options say so, to compare). onnxruntime's floats depend on this grouping: keep it as it is."""
+        options say so, to compare). onnxruntime's floats depend on this grouping: keep it as it is. With
+        speculation, the tokens may already have been run as a draft (gemmacli.engine.speculate)."""
+        if self.spec is not None:
+            t0 = time.perf_counter()
+            ahead, runs = self.spec.next_hidden(tokens, self.out, self.matcher.validate_tokens)
+            self.model_seconds += time.perf_counter() - t0
+            self.model_calls += runs
+            return ahead
         groups = [tokens] if self.options.batch_forced or self.model_calls == 0 else [[t] for t in tokens]
         hidden = None
         for group in groups:
@@ -383,13 +403,23 @@ class _Decoding:
         """The lm_head: only the rows `ids` (a small head), or all of them (None: a full head)."""
         t0 = time.perf_counter()
         if ids is None:
-            logits = np.asarray(self.model.logits(hidden), dtype=np.float32)
+            shared = self.spec.full_logits(hidden, self._head_rows) if self.spec is not None else None
+            logits = np.asarray(self.model.logits(hidden) if shared is None else shared, dtype=np.float32)
             self.full += 1
         else:
             logits = np.asarray(self.model.logits_for(hidden, ids), dtype=np.float32)
             self.small += 1
         self.model_seconds += time.perf_counter() - t0
         return logits
+
+    def _head_rows(self, hidden: np.ndarray) -> np.ndarray:
+        """The full lm_head over several rows in one run (a speculative run's positions), else row by row."""
+        # Looked up on the class: a wrapper that changes `logits` (tests) and passes the rest on must not
+        # have its `logits` skipped.
+        rows = getattr(type(self.model), "logits_rows", None)
+        if rows is None or hidden.shape[0] == 1:
+            return np.stack([np.asarray(self.model.logits(h), dtype=np.float32) for h in hidden])
+        return np.asarray(rows(self.model, hidden), dtype=np.float32)
 
     # --------------------------------------------------------------------------------- the output side
 
@@ -438,8 +468,10 @@ class _Decoding:
         except UnicodeDecodeError as exc:  # the JSON grammar only completes on whole characters
             raise self._fail(f"the model emitted invalid UTF-8: {exc}") from exc
         seconds = time.perf_counter() - self.start
+        spec = self.spec
         return DecodeResult(self.out, text, self.generated, self.forced, self.model_calls, seconds,
-                            self.model_seconds, self.small, self.full, self.sizes, self.repeats)
+                            self.model_seconds, self.small, self.full, self.sizes, self.repeats,
+                            spec.drafted if spec else 0, spec.accepted if spec else 0)
 
     def _fail(self, why: str, *, hint: str | None = None, option: str | None = None) -> ExtractionFailed:
         """The failure to raise, with the output so far for whoever reports it."""
@@ -459,38 +491,6 @@ def _lm_head_threshold(options: DecodeOptions, n_vocab: int) -> int:
     if options.lm_head_threshold is not None:
         return options.lm_head_threshold
     return min(LM_HEAD_THRESHOLD, max(1, n_vocab // 16))
-
-
-def _single_token_probes(tokenizer: DecoderTokenizer) -> list[int]:
-    """The PROBES that are one token each: the grammar accepting them all means free text."""
-    return [ids[0] for ids in (tokenizer.tokenize_str(text) for text in PROBES) if len(ids) == 1]
-
-
-def _best_accepted(matcher: GrammarMatcher, logits: np.ndarray, candidates: int) -> int | None:
-    """The best-scored of the `candidates` top tokens that the grammar accepts next, or None. The same
-    token greedy picks from the masked logits: every better-scored token is refused (ties: lowest id)."""
-    best = int(np.argmax(logits))  # the lowest id of the top score: usually accepted, and then the answer
-    if matcher.validate_tokens([best]) == 1:
-        return best
-    ranked = np.argpartition(-logits, candidates)
-    top = ranked[:candidates]
-    order = top[np.lexsort((top, -logits[top]))]  # best first; among equal scores the lowest id
-    if logits[order[-1]] == logits[ranked[candidates]]:
-        return None  # a tie at the cut: a token outside the candidates could rank before one inside
-    for token in order.tolist():
-        if matcher.validate_tokens([token]) == 1:
-            return int(token)
-    return None
-
-
-def _one_text(ids: np.ndarray, tokenizer: DecoderTokenizer, most: int = 8) -> bool:
-    """Whether the allowed tokens all spell the same text, only cut differently (`"` or `",` when the
-    grammar forces `","`): picking one is no choice of the model's, so the repetition guard does not count
-    it (a schema that forces a repetition is not a loop). Only small sets are looked at."""
-    if ids.size > most:
-        return False
-    pieces = sorted((bytes(tokenizer.decode_bytes([int(t)])) for t in ids.tolist()), key=len)
-    return all(longer.startswith(shorter) for shorter, longer in itertools.pairwise(pieces))
 
 
 def _budget_message(max_tokens: int) -> str:

@@ -75,6 +75,9 @@ class ExtractionResult:
     #: Loops the repetition guard ended (gemmacli.engine.loops): those values are the model's output, cut
     #: short.
     repeats: list[str] = field(default_factory=list)
+    #: Prompt-lookup speculation (gemmacli.engine.speculate): draft tokens run, and those then chosen.
+    drafted: int = 0
+    accepted: int = 0
 
 
 def _validator(schema: dict) -> Any:
@@ -123,7 +126,7 @@ class Extractor:
         self.smallest_tokens, self.max_tokens = budget_for(self.schema, self.model, self.config.max_tokens)
         self.options = DecodeOptions(max_tokens=self.max_tokens, temperature=self.config.temperature,
                                      top_p=self.config.top_p, seed=self.config.seed,
-                                     repeat_guard=self.config.repeat_guard)
+                                     repeat_guard=self.config.repeat_guard, speculate=self.config.speculate)
         self._matcher: Any = None
         self._prefix: tuple[tuple[int, ...], Any] | None = None  # head ids -> KV cache after them
 
@@ -247,7 +250,7 @@ class Extractor:
         self.timings["tokenizer_build"] = self._tokenizer_build.build_seconds
         self.timings["tokenizer_wait"] = self._tokenizer_build.wait_seconds
         result = decode(model, cache, matcher, tokenizer, [], self.options, hidden=hidden,
-                        model_calls=calls, model_seconds=model_seconds, hints=self._hints)
+                        model_calls=calls, model_seconds=model_seconds, hints=self._hints, context=prompt.ids)
         try:
             data = json.loads(result.text)
         except json.JSONDecodeError as exc:  # the grammar makes this unreachable; never pass it on
@@ -270,6 +273,8 @@ class Extractor:
             truncated=prompt.truncated,
             warnings=list(self.warnings),
             repeats=list(result.repeats),
+            drafted=result.drafted,
+            accepted=result.accepted,
         )
 
 

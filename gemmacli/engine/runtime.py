@@ -31,6 +31,11 @@ class Model:
 
 KVCache.length -> int is the number of tokens already in the cache.
 
+Speculation (gemmacli.engine.speculate) also uses: forward_all(cache, ids) -> [n, H] (every new position's
+hidden state: the graph's last-position Slice gets an all-positions output in memory, so model folders need
+no change), can_rewind(cache, adding), rewind(cache, length) (back to where the last forward_all started;
+window rows it evicted are put back) and logits_rows(hidden [n, H]) -> [n, V] (one lm_head run).
+
 Also: load(..., spin=False, environ=None) (spin: let onnxruntime's idle threads
 spin; off by default), Model.generate_greedy (tests, benchmarks), Model.name, Model.sha256,
 KVCache.copy() (a snapshot owning its buffers: forward writes a GroupQueryAttention graph's cache in place).
@@ -46,7 +51,7 @@ straight back without copies through numpy. The arrays forward and logits return
 
 from __future__ import annotations
 
-import os
+import ctypes
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +62,10 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from gemmacli.engine.lmrows import LmHeadRows as _LmHeadRows
+from gemmacli.engine.sessions import PROCESS_POOL_ENV as PROCESS_POOL_ENV  # re-exported: bench, cli
+from gemmacli.engine.sessions import _session, read_decoder_graph
+from gemmacli.engine.sessions import _use_global_pool as _use_global_pool  # re-exported: bench_decode
 from gemmacli.errors import ModelError
 from gemmacli.models import store
 from gemmacli.models.store import ModelConfig
@@ -87,6 +96,8 @@ class KVCache:
     growable: frozenset[str] = frozenset()
     # forward()'s IOBinding with these buffers bound (shared mode), kept across steps; None: bind afresh.
     bound: _CacheBinding | None = field(default=None, repr=False, compare=False)
+    # After forward_all: (length before it, the window rows it evicted, by buffer) for Model.rewind.
+    undo: tuple[int, dict[str, np.ndarray]] | None = field(default=None, repr=False, compare=False)
 
     def copy(self) -> KVCache:
         """A snapshot: forward() writes shared buffers in place, so a snapshot owns copies of them."""
@@ -112,7 +123,7 @@ class _CacheBinding:
     bound once to the cache's buffer; per step only input_ids (a one-token step writes its id into a bound
     array), attention_mask and the hidden output are (re)bound."""
 
-    __slots__ = ("binding", "buffers", "one_id", "one_id_bound", "one_id_value")
+    __slots__ = ("binding", "buffers", "one_id", "one_id_bound", "one_id_value", "wide")
 
     def __init__(self, session: ort.InferenceSession, cache: KVCache,
                  past_for_present: Mapping[str, str]) -> None:
@@ -126,96 +137,17 @@ class _CacheBinding:
         self.one_id = np.zeros((1, 1), dtype=np.int64)
         self.one_id_value = ort.OrtValue.ortvalue_from_numpy(self.one_id)
         self.one_id_bound = False
-
-
-class _LmHeadRows:
-    """The lm_head's weight rows in numpy, so a few logits cost a few rows, not a 262144-row MatMul.
-
-    With accuracy_level 4, onnxruntime's MatMulNBits quantizes the activation per block to int8
-    (scale = max|x| / 127, round half to even) before the integer dot products; `int8_activations` makes
-    this class do the same, so its logits equal the session's to float rounding. Which arithmetic the
-    session really uses depends on the CPU's kernels: Model calibrates it once against the session.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        import onnx
-        from onnx import numpy_helper
-
-        path = folder / LM_HEAD_FILE
-        proto = onnx.load(str(path), load_external_data=False)
-        node = next((n for n in proto.graph.node if n.op_type in ("MatMul", "MatMulNBits")), None)
-        if node is None:
-            raise ModelError(f"{path} has no MatMul or MatMulNBits lm_head node")
-        tensors = {init.name: init for init in proto.graph.initializer}
-
-        def array(name: str) -> np.ndarray:
-            tensor = tensors[name]
-            if tensor.data_location != onnx.TensorProto.EXTERNAL:
-                return numpy_helper.to_array(tensor)
-            info = {e.key: e.value for e in tensor.external_data}
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-            shape = tuple(tensor.dims)
-            return np.memmap(folder / info["location"], dtype=dtype, mode="r",
-                             offset=int(info.get("offset", 0)), shape=shape)
-
-        self.op = node.op_type
-        self.int8_activations = False
-        if self.op == "MatMul":
-            self.rows = np.ascontiguousarray(np.asarray(array(node.input[1]), dtype=np.float32).T)  # [V, H]
-            return
-        attrs = {a.name: a.i for a in node.attribute}
-        self.bits = attrs.get("bits", 4)
-        if self.bits not in (4, 8):
-            raise ModelError(f"{path}: only 4- and 8-bit MatMulNBits lm_heads are supported")
-        self.hidden, self.vocab, self.block = attrs["K"], attrs["N"], attrs["block_size"]
-        self.blocks = -(-self.hidden // self.block)
-        self.packed = array(node.input[1]).reshape(self.vocab, -1)  # [V, blocks * block / 2]
-        self.scales = np.asarray(array(node.input[2])).reshape(self.vocab, self.blocks)
-        self.zero_points = (array(node.input[3]).reshape(self.vocab, -1)
-                            if len(node.input) > 3 and node.input[3] else None)
-
-    def _quantize_activation(self, hidden: np.ndarray) -> np.ndarray:
-        padded = np.zeros(self.blocks * self.block, dtype=np.float32)
-        padded[: self.hidden] = hidden
-        blocks = padded.reshape(self.blocks, self.block)
-        scale = np.abs(blocks).max(axis=1) / np.float32(127)
-        inverse = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale != 0)
-        quantized = np.rint(blocks * inverse[:, None])
-        return (quantized * scale[:, None]).reshape(-1)[: self.hidden].astype(np.float32)
-
-    def logits(self, hidden: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        if self.op == "MatMul":
-            return self.rows[ids] @ hidden
-        if self.int8_activations:
-            hidden = self._quantize_activation(hidden)
-        packed = np.asarray(self.packed[ids])
-        if self.bits == 8:
-            quants = packed.astype(np.float32)
-        else:
-            quants = np.empty((len(ids), packed.shape[1] * 2), dtype=np.float32)
-            quants[:, 0::2] = packed & 0x0F
-            quants[:, 1::2] = packed >> 4
-        if self.zero_points is None:
-            zeros = np.full((len(ids), self.blocks), 128.0 if self.bits == 8 else 8.0, dtype=np.float32)
-        elif self.zero_points.dtype != np.uint8 or self.bits == 8:  # one zero point a block, unpacked
-            zeros = np.asarray(self.zero_points[ids], dtype=np.float32)[:, : self.blocks]
-        else:
-            zp_packed = np.asarray(self.zero_points[ids])
-            zeros = np.empty((len(ids), zp_packed.shape[1] * 2), dtype=np.float32)
-            zeros[:, 0::2] = zp_packed & 0x0F
-            zeros[:, 1::2] = zp_packed >> 4
-            zeros = zeros[:, : self.blocks]
-        scales = np.asarray(self.scales[ids], dtype=np.float32)
-        weights = (quants.reshape(len(ids), self.blocks, self.block) - zeros[:, :, None]) * scales[:, :, None]
-        weights = weights.reshape(len(ids), -1)[:, : self.hidden]
-        return weights @ hidden.astype(np.float32)
+        self.wide: _CacheBinding | None = None  # forward_all's binding (every position's hidden state out)
 
 
 class Model:
     """A loaded model folder: tokenizer, config, the decoder session and the lm_head session."""
 
-    def __init__(self, folder: Path, *, threads: int | None = None, spin: bool = False) -> None:
+    def __init__(self, folder: Path, *, threads: int | None = None, spin: bool = False,
+                 grouped_only: bool = False) -> None:
         self.folder = folder
+        #: forward runs a lone token as two (see forward), where the graph allows it.
+        self.grouped_only = grouped_only
         self.name = folder.name
         self.manifest: dict[str, Any] = (store.read_manifest(folder)
                                          if (folder / store.MANIFEST).is_file() else {})
@@ -226,10 +158,15 @@ class Model:
         self.threads = threads
         # Idle-thread spinning off by default: the decoder's spinning threads slowed the lm_head run that
         # follows each step (measured here: 72 -> 38-57 ms per token on 2 busy cores).
-        self._decoder = _session(folder / DECODER_FILE, threads, spin=spin)
+        graph = read_decoder_graph(folder / DECODER_FILE)
+        self._shared_kv, self._window = graph.shared_kv, graph.window
+        #: The [batch, seq, H] tensor the graph cuts its last position from, exposed as an extra output so
+        #: that forward_all can return every position (speculation verifies several tokens in one run).
+        self._all_hidden = graph.all_hidden
+        self._decoder = _session(folder / DECODER_FILE, threads, spin=spin, graph=graph.edited)
         self._lm_head = _session(folder / LM_HEAD_FILE, threads, spin=spin)
         self._inputs = {i.name: i for i in self._decoder.get_inputs()}
-        outputs = [o.name for o in self._decoder.get_outputs()]
+        outputs = [o.name for o in self._decoder.get_outputs() if o.name != self._all_hidden]
         self._present_outputs = [name for name in outputs if name.startswith(PRESENT_PREFIX)]
         hidden = [name for name in outputs if not name.startswith(PRESENT_PREFIX)]
         if len(hidden) != 1 or "input_ids" not in self._inputs:
@@ -259,16 +196,12 @@ class Model:
             self._lm_binding = self._lm_head.io_binding()
             self._lm_binding.bind_ortvalue_input(self._lm_head_input,
                                                  ort.OrtValue.ortvalue_from_numpy(self._lm_input))
-        import onnx  # graph structure only (no weights): is the attention GroupQueryAttention?
-
-        graph = onnx.load(str(folder / DECODER_FILE), load_external_data=False).graph
-        self._shared_kv = any(n.op_type == "GroupQueryAttention" for n in graph.node)
         self._rows: _LmHeadRows | None = None
 
     @classmethod
     def load(cls, ref: str | Path, *, threads: int | None = None, spin: bool = False,
-             environ: Mapping[str, str] | None = None) -> Model:
-        return cls(store.resolve_model(ref, environ), threads=threads, spin=spin)
+             environ: Mapping[str, str] | None = None, grouped_only: bool = False) -> Model:
+        return cls(store.resolve_model(ref, environ), threads=threads, spin=spin, grouped_only=grouped_only)
 
     @property
     def sha256(self) -> str:
@@ -295,6 +228,15 @@ class Model:
         count = len(token_ids)
         if count == 0:
             raise ValueError("forward needs at least one token")
+        if count == 1 and self.grouped_only and self.can_rewind(cache, 2):
+            # Never a run of one token: onnxruntime's one-token attention path sums in another order than
+            # its path for several tokens, whose rows mostly agree however the tokens are grouped (not
+            # always: bench/README.md). A second, throwaway token makes greedy choices depend less on the
+            # grouping (forced tokens batched or not, speculation), for ~30% of a lone decode step.
+            hidden = self.forward_all(cache, [token_ids[0], token_ids[0]])[0]
+            self.rewind(cache, cache.length - 1)
+            cache.undo = None
+            return hidden
         past = cache.length
         try:
             if self._shared_kv:
@@ -305,9 +247,72 @@ class Model:
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"{self.folder / DECODER_FILE} failed to run: {exc}") from exc
         cache.length = past + count
+        cache.undo = None
         return np.asarray(hidden, dtype=np.float32).reshape(-1)
 
-    def _forward_shared(self, cache: KVCache, token_ids: Sequence[int], count: int) -> np.ndarray:
+    def forward_all(self, cache: KVCache, token_ids: Sequence[int]) -> np.ndarray:
+        """Like forward, but the hidden state of EVERY new position, float32 [n, H]: a speculative run
+        verifies all its draft tokens at once. Row i is what forward would have returned after token i had
+        the same tokens been fed in the same run. Only where `can_rewind` allows it."""
+        count = len(token_ids)
+        if count == 0:
+            raise ValueError("forward needs at least one token")
+        if self._all_hidden is None:
+            raise ModelError(f"{self.folder / DECODER_FILE} does not give every position's hidden state")
+        evicted = {}  # the window rows this run pushes out (the oldest), kept for a rewind
+        for name, buf in cache.values.items():
+            if name not in cache.growable:
+                rows = buf.shape[2]
+                gone = max(0, cache.length + count - rows) - max(0, cache.length - rows)
+                if gone:
+                    evicted[name] = buf[:, :, :gone].copy()
+        undo = (cache.length, evicted)
+        try:
+            hidden = self._forward_shared(cache, token_ids, count, wide=True)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelError(f"{self.folder / DECODER_FILE} failed to run: {exc}") from exc
+        cache.length += count
+        cache.undo = undo
+        return hidden.reshape(count, -1)
+
+    def can_rewind(self, cache: KVCache, adding: int) -> bool:
+        """Whether `adding` tokens may be fed with forward_all and then partly taken back with `rewind`.
+
+        Only a shared-buffer (GroupQueryAttention) cache: the next run overwrites the rows past its length.
+        A window layer's fixed buffer holds the latest positions in rows [0, n) and, once full, evicts its
+        oldest rows one a token (when its rows are the window); forward_all keeps the rows it evicts, so
+        rewind can put them back. A buffer with more rows than the window evicts in chunks (fuse.py's
+        window_cache_rows): there a run that would fill it is refused (speculation then feeds plainly)."""
+        if self._all_hidden is None or not self._shared_kv:
+            return False
+        fixed = [buf.shape[2] for name, buf in cache.values.items() if name not in cache.growable]
+        return all(rows == self._window for rows in fixed) or cache.length + adding <= min(fixed)
+
+    def rewind(self, cache: KVCache, length: int) -> None:
+        """Forget the cache's tokens past `length` (draft tokens that were not accepted): back at most to
+        where the last forward_all started."""
+        before, evicted = cache.undo if cache.undo is not None else (cache.length, {})
+        if not before <= length <= cache.length:
+            raise ValueError(f"cannot rewind a cache of {cache.length} tokens to {length}")
+        for name, old in evicted.items():  # window rows: the evicted ones needed again, then the kept ones
+            buf = cache.values[name]
+            rows = buf.shape[2]
+            start_now, start_then = max(0, cache.length - rows), max(0, length - rows)
+            if start_then < start_now:
+                shift, kept = start_now - start_then, length - start_now
+                _move_rows(buf, 0, shift, kept)
+                buf[:, :, :shift] = old[:, :, old.shape[2] - shift:]
+        cache.length = length
+        cache.undo = (length, {})
+
+    def logits_rows(self, hidden: np.ndarray) -> np.ndarray:
+        """The full lm_head over several hidden states [n, H] in one run: float32 [n, V], row for row equal to
+        `logits` (the same kernel; checked in tests), for the cost of little more than one row."""
+        (logits,) = self._lm_head.run(None, {self._lm_head_input: np.asarray(hidden, dtype=np.float32)})
+        return np.asarray(logits, dtype=np.float32)
+
+    def _forward_shared(self, cache: KVCache, token_ids: Sequence[int], count: int, *,
+                        wide: bool = False) -> np.ndarray:
         """IOBinding with past and present bound to one buffer: GroupQueryAttention appends in place.
 
         The cache's binding is reused across steps (see _CacheBinding), the attention mask is a view of
@@ -318,6 +323,10 @@ class Model:
         bound = cache.bound
         if bound is None:
             bound = cache.bound = _CacheBinding(self._decoder, cache, self._past_for_present)
+        if wide:
+            if bound.wide is None:
+                bound.wide = _CacheBinding(self._decoder, cache, self._past_for_present)
+            return self._run_wide(bound.wide, cache, token_ids, count, total)
         binding = bound.binding
         if count == 1:
             bound.one_id[0, 0] = token_ids[0]
@@ -339,6 +348,23 @@ class Model:
             return binding.get_outputs()[len(self._present_outputs)].numpy()
         hidden = np.empty(self._hidden_shape, dtype=np.float32)
         binding.bind_ortvalue_output(self._hidden_output, ort.OrtValue.ortvalue_from_numpy(hidden))
+        self._decoder.run_with_iobinding(binding)
+        return hidden
+
+    def _run_wide(self, bound: _CacheBinding, cache: KVCache, token_ids: Sequence[int], count: int,
+                  total: int) -> np.ndarray:
+        """forward_all's run: its own binding (every position's hidden state bound as the output)."""
+        binding = bound.binding
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(1, count)
+        binding.bind_ortvalue_input("input_ids", ort.OrtValue.ortvalue_from_numpy(ids))
+        if self._has_mask:
+            binding.bind_ortvalue_input("attention_mask", ort.OrtValue.ortvalue_from_numpy(self._mask(total)))
+        if self._has_positions:
+            positions = np.arange(cache.length, total, dtype=np.int64).reshape(1, -1)
+            binding.bind_ortvalue_input("position_ids", ort.OrtValue.ortvalue_from_numpy(positions))
+        hidden = np.empty((1, count, int(self.config.hidden_size)), dtype=np.float32)
+        assert self._all_hidden is not None
+        binding.bind_ortvalue_output(self._all_hidden, ort.OrtValue.ortvalue_from_numpy(hidden))
         self._decoder.run_with_iobinding(binding)
         return hidden
 
@@ -415,6 +441,18 @@ class Model:
         return generated
 
 
+def _move_rows(buf: np.ndarray, src: int, dst: int, count: int) -> None:
+    """buf[:, :, dst:dst+count] = buf[:, :, src:src+count] in one pass (the ranges overlap; numpy would copy
+    them twice). A cache buffer is [1, heads, rows, dim]: with one head its rows are one contiguous block."""
+    if count <= 0:
+        return
+    if buf.shape[0] == 1 and buf.shape[1] == 1 and buf.flags.c_contiguous:
+        row = buf.shape[3] * buf.itemsize
+        ctypes.memmove(buf.ctypes.data + dst * row, buf.ctypes.data + src * row, count * row)
+    else:
+        buf[:, :, dst:dst + count] = buf[:, :, src:src + count].copy()
+
+
 def _static_row_shape(shape: Sequence[Any]) -> tuple[int, int] | None:
     """(1, N) for a [batch, N] tensor with a fixed N, else None."""
     if len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0:
@@ -427,65 +465,6 @@ def _ortvalue(array: np.ndarray, meta: Any) -> ort.OrtValue:
     if wanted is not None and array.dtype != wanted:
         array = array.astype(wanted)
     return ort.OrtValue.ortvalue_from_numpy(array)
-
-
-#: Set by the `gemmacli` executable's entry point (and so inherited by its batch workers). Once a
-#: process-wide pool exists, every later onnxruntime session of the process must opt out of per-session
-#: threads, a library user's or optimum's included: only a process that is wholly gemmacli's may have one.
-PROCESS_POOL_ENV = "GEMMACLI_PROCESS_THREAD_POOL"
-_GLOBAL_POOL_THREADS: int | None = None  # threads of the process-wide pool, once created; -1: unavailable
-
-
-def _use_global_pool(threads: int | None) -> bool:
-    """One process-wide onnxruntime thread pool for the decoder and lm_head sessions.
-
-    They run one after the other, so one pool serves both; with a pool per session the idle (spinning or
-    waking) threads of one slowed the other (measured here, 270m, 2 threads, 64 tokens of context:
-    14.6-18.3 -> 11.4-11.5 ms per token, decoder step + full lm_head). The pool size is fixed by the first
-    Model of the process; a later Model asking for another size shares it all the same: once a process has
-    global pools, onnxruntime refuses every session with per-session threads ("use_per_session_threads
-    must be false when using a global thread pool").
-    """
-    global _GLOBAL_POOL_THREADS
-    if _GLOBAL_POOL_THREADS is None:
-        if os.environ.get(PROCESS_POOL_ENV) != "1":
-            return False
-        try:
-            from onnxruntime.capi import onnxruntime_pybind11_state as C
-        except ImportError:
-            _GLOBAL_POOL_THREADS = -1
-            return False
-        wanted = threads or 0  # 0: onnxruntime's default (one thread per physical core)
-        try:
-            C.set_global_thread_pool_sizes(wanted, 1)
-        except AttributeError:  # an onnxruntime without the call
-            _GLOBAL_POOL_THREADS = -1
-            return False
-        except Exception:  # "Global thread pools have already been created" (elsewhere in the process)
-            pass
-        _GLOBAL_POOL_THREADS = wanted
-    return _GLOBAL_POOL_THREADS != -1
-
-
-def _session(path: Path, threads: int | None, *, spin: bool) -> ort.InferenceSession:
-    if not path.is_file():
-        raise ModelError(f"{path} is missing", hint=f"gemmacli model verify {path.parent}")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if _use_global_pool(threads):
-        options.use_per_session_threads = False
-    else:
-        if threads:
-            options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        if not spin:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelError(f"{path} cannot be loaded by onnxruntime: {exc}",
-                         hint=f"gemmacli model verify {path.parent}") from exc
 
 
 def _load_tokenizer(path: Path) -> Tokenizer:
