@@ -247,3 +247,26 @@ def test_the_answer_is_walked_with_extracts_grammar(setup: dict[str, Path], tune
     off_path, choices = grammar.walk(tokenizer, '{"mood":"x"}', 1)
     assert tokenizer.decode(off_path).startswith('{"mood":"x"}')
     assert choices and all(c.allowed is None for c in choices)
+
+
+def test_the_chunked_head_loss_equals_cross_entropy_over_full_logits() -> None:
+    """head_cross_entropy never keeps the logits: its losses, gradients and top-1 flags are those of
+    plain cross-entropy over the whole vocabulary (bfloat16 rounding of the gradient aside)."""
+    import torch
+
+    from gemmacli.jobs.tune import trainer
+
+    torch.manual_seed(0)
+    head = torch.randn(1000, 16).to(torch.bfloat16)
+    hidden = torch.randn(600, 16, requires_grad=True)  # 3 chunks of HEAD_CHUNK rows
+    targets = torch.randint(0, 1000, (600,))
+    losses, right = trainer.head_cross_entropy(torch, hidden.to(torch.bfloat16), head, targets)
+    losses.mean().backward()
+    chunked = hidden.grad.clone()
+    hidden.grad = None
+    logits = torch.nn.functional.linear(hidden.to(torch.bfloat16), head).float()
+    expected = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    expected.mean().backward()
+    assert torch.allclose(losses, expected, atol=1e-4)
+    assert torch.allclose(chunked, hidden.grad, atol=2e-4)
+    assert torch.equal(right, logits.argmax(-1) == targets)

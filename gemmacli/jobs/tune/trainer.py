@@ -211,11 +211,10 @@ class Trainer:
         losses, wrong, rows = [], [], []
         if full:
             h = hidden[[r for r, _, _ in full], [p for _, p, _ in full]].to(torch.bfloat16)
-            # linear(h, W), not h @ W.T: on this CPU the transposed view took the slow path (2x, measured)
-            logits = torch.nn.functional.linear(h, self.head).float()
             targets = torch.tensor([t for _, _, t in full], device=self.device)
-            losses.append(torch.nn.functional.cross_entropy(logits, targets, reduction="none"))
-            wrong.append((logits.argmax(-1) != targets).long())
+            row_losses, right = head_cross_entropy(torch, h, self.head, targets)
+            losses.append(row_losses)
+            wrong.append((~right).long())
             rows += [r for r, _, _ in full]
         if small:
             losses_small, wrong_small = self._small_choices(hidden, small)
@@ -333,3 +332,62 @@ def _text_model(model: Any) -> Any:
 
 def _embedding(model: Any) -> Any:
     return _text_model(model).embed_tokens
+
+
+#: Rows of the full head computed at once: 256 x 262,144 float32 logits are 268 MB.
+HEAD_CHUNK = 256
+
+
+def head_cross_entropy(torch: Any, hidden: Any, head: Any, targets: Any) -> tuple[Any, Any]:
+    """Per-row cross-entropy over the whole vocabulary, and whether each target is the top-1.
+
+    The logits are never kept: each chunk's gradient with respect to `hidden` is computed in the forward
+    pass (softmax minus one-hot, times the frozen head), so memory holds one chunk of logits, not every
+    row's (a batch of receipts, ~1,000 free-text rows, held 24 GB before). linear(h, W), not h @ W.T: on
+    this CPU the transposed view took a path twice as slow (measured)."""
+    return _HeadCrossEntropy.apply(hidden, head, targets)
+
+
+def _head_function() -> Any:
+    import torch
+
+    class HeadCrossEntropy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, hidden: Any, head: Any, targets: Any) -> tuple[Any, Any]:
+            losses, right, grads = [], [], []
+            for start in range(0, len(hidden), HEAD_CHUNK):
+                h, t = hidden[start: start + HEAD_CHUNK], targets[start: start + HEAD_CHUNK]
+                logits = torch.nn.functional.linear(h, head).float()
+                top = logits.logsumexp(-1)
+                losses.append(top - logits.gather(1, t[:, None]).squeeze(1))
+                right.append(logits.argmax(-1) == t)
+                if ctx.needs_input_grad[0]:
+                    probs = (logits - top[:, None]).exp_()
+                    probs[torch.arange(len(t), device=t.device), t] -= 1.0
+                    grads.append((probs.to(head.dtype) @ head).to(hidden.dtype))
+            ctx.save_for_backward(torch.cat(grads) if grads else hidden.new_zeros(0))
+            flags = torch.cat(right)
+            ctx.mark_non_differentiable(flags)
+            return torch.cat(losses), flags
+
+        @staticmethod
+        def backward(ctx: Any, grad_losses: Any, _grad_flags: Any) -> tuple[Any, None, None]:
+            (grads,) = ctx.saved_tensors
+            return grads * grad_losses[:, None].to(grads.dtype), None, None
+
+    return HeadCrossEntropy
+
+
+class _LazyHead:
+    """The autograd Function, defined on first use (torch is imported only when a tune runs)."""
+
+    function: Any = None
+
+    def apply(self, *args: Any) -> Any:
+        if self.function is None:
+            self.function = _head_function()
+        return self.function.apply(*args)
+
+
+_HeadCrossEntropy = _LazyHead()
+
