@@ -224,5 +224,21 @@ def _score(folder: Path, schema: PreparedSchema, dev: list[LabelledRecord], hook
     fields = {path: round(row["score"], 4) for path, row in report["fields"].items()}
     shown = " ".join(f"{k} {v:.3f}" for k, v in fields.items())
     hooks.info(f"{label}: overall {report['overall']:.3f} {shown} ({time.monotonic() - started:.0f} s)")
-    return {"overall": round(report["overall"], 4), "fields": fields, "failures": report["failures"],
-            "records": report["records"]}
+    scores = {"overall": round(report["overall"], 4), "fields": fields, "failures": report["failures"],
+              "records": report["records"]}
+    micro = _micro_f1(report["fields"].values())
+    if micro is not None:
+        scores["micro_f1"] = micro
+    return scores
+
+
+def _micro_f1(rows: Any) -> float | None:
+    """Micro F1 over every list field's items together (entity sets: the usual NER figure); None when the
+    schema has no list fields."""
+    sets = [row for row in rows if row.get("kind") == "set"]
+    if not sets:
+        return None
+    tp = sum(row["true_positives"] for row in sets)
+    fp = sum(row["false_positives"] for row in sets)
+    fn = sum(row["false_negatives"] for row in sets)
+    return round(2 * tp / (2 * tp + fp + fn), 4) if tp + fp + fn else 1.0
