@@ -738,3 +738,13 @@ def test_an_input_that_cannot_fit_is_refused_before_the_model_loads(tmp_path: Pa
     result = run_cli(["extract", "--schema", "name str", "-m", str(folder)], b"x" * 257,
                      environ={"HOME": str(tmp_path), "NO_COLOR": "1"})
     assert result.status == 1 and "at most 256" in result.stderr and "--truncate" in result.stderr
+
+
+def test_option_names_become_flags_but_not_inside_paths() -> None:
+    from gemmacli.cli.core import as_flag
+
+    assert as_flag("max_tokens must be at least 1", "max_tokens") == "--max-tokens must be at least 1"
+    assert as_flag("raise max_tokens.", "max_tokens") == "raise --max-tokens."
+    assert as_flag("../data/dev.jsonl shares texts; dev is checked", "dev") == \
+        "../data/dev.jsonl shares texts; --dev is checked"
+    assert as_flag("dev.jsonl: no such file", "dev") == "dev.jsonl: no such file"

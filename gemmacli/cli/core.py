@@ -136,7 +136,9 @@ def raw_main(argv: Sequence[str] | None, env: Environment) -> ExitStatus:
 def as_flag(message: str, option: str | tuple[str, ...] | None) -> str:
     """The library names options (`max_tokens`); the command line knows them as flags (`--max-tokens`)."""
     for name in (option,) if isinstance(option, str) else option or ():
-        message = re.sub(rf"(?<![\w-]){re.escape(name)}\b", "--" + name.replace("_", "-"), message)
+        # not inside a path or a file name: "…/dev.jsonl" stays as it is when the option is `dev`
+        message = re.sub(rf"(?<![\w/.-]){re.escape(name)}\b(?![/.]\w)", "--" + name.replace("_", "-"),
+                         message)
     return message
 
 
