@@ -12,6 +12,7 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gemmacli.cli.commands import add_common_flags, positive_int
 from gemmacli.cli.model_cmd import destination_for
@@ -19,6 +20,9 @@ from gemmacli.env import Environment
 from gemmacli.errors import ExitStatus
 from gemmacli.jobs.progress import format_duration, make_progress
 from gemmacli.schema import load_schema, prepare_schema
+
+if TYPE_CHECKING:  # the trainer imports torch's world lazily; its Status is only a type here
+    from gemmacli.jobs.tune.trainer import Status
 
 EXAMPLES = """\
 examples:
@@ -116,12 +120,9 @@ class _Lines:
     def __init__(self, env: Environment) -> None:
         self.env, self.last = env, 0.0
 
-    def report(self, event: str, status: object) -> None:
+    def report(self, event: str, status: Status) -> None:
         if self.env.verbosity < 0:
             return
-        from gemmacli.jobs.tune.trainer import Status
-
-        assert isinstance(status, Status)
         if event == "dev" and status.dev:
             check = status.dev[-1]
             self.env.info(f"  dev at step {check['step']}: loss {check['loss']:.4f}, "
@@ -137,10 +138,7 @@ class _Lines:
                           f"  ETA {_eta(status)}")
 
 
-def _eta(status: object) -> str:
-    from gemmacli.jobs.tune.trainer import Status
-
-    assert isinstance(status, Status)
+def _eta(status: Status) -> str:
     if not status.planned_steps or not status.step:
         return "?"
     return format_duration(max(0.0, (status.planned_steps - status.step) * status.seconds / status.step))

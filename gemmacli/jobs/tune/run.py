@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ class TuneHooks:
     eval_progress: Callable[[], ProgressReporter | None] = lambda: None
     after_step: Callable[[Status], None] | None = None  # tests: interrupt at a chosen step
     stage_report: Callable[[str], None] | None = None  # export stages, as `model import` prints them
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def work_folder(destination: Path) -> Path:

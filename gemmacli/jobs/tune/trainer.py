@@ -18,6 +18,7 @@ ends with the weights an uninterrupted run ends with.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -345,10 +346,12 @@ def head_cross_entropy(torch: Any, hidden: Any, head: Any, targets: Any) -> tupl
     pass (softmax minus one-hot, times the frozen head), so memory holds one chunk of logits, not every
     row's (a batch of receipts, ~1,000 free-text rows, held 24 GB before). linear(h, W), not h @ W.T: on
     this CPU the transposed view took a path twice as slow (measured)."""
-    return _HeadCrossEntropy.apply(hidden, head, targets)
+    return _head_function().apply(hidden, head, targets)
 
 
+@functools.cache
 def _head_function() -> Any:
+    """The autograd Function, defined on first use (torch is imported only when a tune runs)."""
     import torch
 
     class HeadCrossEntropy(torch.autograd.Function):
@@ -376,18 +379,4 @@ def _head_function() -> Any:
             return grads * grad_losses[:, None].to(grads.dtype), None, None
 
     return HeadCrossEntropy
-
-
-class _LazyHead:
-    """The autograd Function, defined on first use (torch is imported only when a tune runs)."""
-
-    function: Any = None
-
-    def apply(self, *args: Any) -> Any:
-        if self.function is None:
-            self.function = _head_function()
-        return self.function.apply(*args)
-
-
-_HeadCrossEntropy = _LazyHead()
 
