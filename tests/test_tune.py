@@ -72,14 +72,13 @@ def test_a_short_tune_lowers_the_loss(tuned: dict[str, Any]) -> None:
 
 
 def test_the_manifest_records_how_the_model_was_made(tuned: dict[str, Any], setup: dict[str, Path]) -> None:
-    from gemmacli.jobs.tune.data import data_sha256
     from gemmacli.models import store
 
     record = tuned["tune"]
     assert tuned["kind"] == "tuned" and tuned["source"]["kind"] == "tune"
     assert record["base"]["gguf_sha256"] == store.sha256_file(setup["gguf"])
-    assert record["data"]["sha256"] == data_sha256(setup["train"]) and record["data"]["records"] == 16
-    assert record["dev"]["sha256"] == data_sha256(setup["dev"])
+    assert record["data"]["sha256"] == store.sha256_file(setup["train"]) and record["data"]["records"] == 16
+    assert record["dev"]["sha256"] == store.sha256_file(setup["dev"])
     assert record["schema"]["schema"] == SCHEMA
     recipe = record["hyper_parameters"]
     assert recipe["method"] == "full" and recipe["learning_rate"] == 1e-3

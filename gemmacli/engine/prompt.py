@@ -227,7 +227,8 @@ def encode_prompt(tokenizer: Any, config: Any, schema: dict, text: str, *, instr
     """
     bos = int(getattr(config, "bos_token_id", 2))
     context = int(getattr(config, "context_length", 32768))
-    sot, eot = _special(tokenizer, "<start_of_turn>", 105), _special(tokenizer, "<end_of_turn>", 106)
+    sot = special_token_id(tokenizer, "<start_of_turn>", 105)
+    eot = special_token_id(tokenizer, "<end_of_turn>", 106)
     if style_for(config) == "document":
         opening: list[int] = []
         closing = _encode(tokenizer, EXAMPLES_CLOSING if examples else DOCUMENT_CLOSING)
@@ -310,6 +311,7 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False).ids) if text else []
 
 
-def _special(tokenizer: Any, piece: str, default: int) -> int:
+def special_token_id(tokenizer: Any, piece: str, default: int) -> int:
+    """The id of a control token such as <end_of_turn> in this tokenizer, else Gemma's."""
     found = tokenizer.token_to_id(piece)
     return int(found) if found is not None else default

@@ -9,7 +9,6 @@ is trained on is, token for token, what extract will show it (tests/test_tune.py
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gemmacli.engine.examples import compact_answer
-from gemmacli.engine.prompt import encode_prompt, style_for
+from gemmacli.engine.prompt import encode_prompt, special_token_id, style_for
 from gemmacli.errors import UsageError
 from gemmacli.jobs.evaluate import LabelledRecord
 
@@ -49,11 +48,13 @@ class TrainingSequence:
         return len(self.ids) - self.answer_start
 
 
-def end_token(model_config: Any) -> int:
-    """The token that ends an answer: <end_of_turn> in a chat turn, <eos> in a document."""
+def end_token(tokenizer: Any, model_config: Any) -> int:
+    """The token that ends an answer: <end_of_turn> in a chat turn (the one the prompt's turns use), <eos>
+    in a document."""
     eos = list(getattr(model_config, "eos_token_ids", [1]))
-    if style_for(model_config) == "chat" and 106 in eos:
-        return 106
+    end_of_turn = special_token_id(tokenizer, "<end_of_turn>", 106)
+    if style_for(model_config) == "chat" and end_of_turn in eos:
+        return end_of_turn
     return int(eos[0])
 
 
@@ -122,7 +123,7 @@ def training_sequence(tokenizer: Any, model_config: Any, schema: dict, record: L
     context = int(getattr(model_config, "context_length", 32768))
     prompt = encode_prompt(tokenizer, model_config, schema, record.text,
                            max_tokens=max(1, context - max_prompt_tokens), truncate=True)
-    answer, end = compact_answer(record.label, schema), end_token(model_config)
+    answer, end = compact_answer(record.label, schema), end_token(tokenizer, model_config)
     if grammar is not None:
         answer_ids, choices = grammar.walk(tokenizer, answer, end)
     else:
@@ -145,14 +146,6 @@ def check_labels(records: Sequence[LabelledRecord], schema: dict, path: Path) ->
             raise UsageError(f"{path}: record {record.id!r}: the label does not validate against the "
                              f"schema: {error.message}",
                              hint="fix or drop the record: a tuned model copies its labels")
-
-
-def data_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:

@@ -36,7 +36,6 @@ from gemmacli.jobs.tune.data import (
     AnswerGrammar,
     TrainingSequence,
     check_labels,
-    data_sha256,
     training_sequence,
 )
 from gemmacli.jobs.tune.options import TuneOptions
@@ -166,8 +165,8 @@ def _record(base: BaseModel, options: TuneOptions, schema: PreparedSchema, statu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     return {
         "base": {"name": base.name, "gguf_sha256": base.gguf_sha256},
-        "data": {"path": str(options.data), "sha256": data_sha256(options.data), "records": train},
-        "dev": ({"path": str(options.dev), "sha256": data_sha256(options.dev), "records": dev}
+        "data": {"path": str(options.data), "sha256": store.sha256_file(options.data), "records": train},
+        "dev": ({"path": str(options.dev), "sha256": store.sha256_file(options.dev), "records": dev}
                 if options.dev is not None else None),
         "schema": {"source": schema.source, "sha256": schema.sha256, "schema": schema.schema},
         "hyper_parameters": options.hyper_parameters(),
