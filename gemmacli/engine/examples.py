@@ -26,7 +26,7 @@ from typing import Any
 from gemmacli.engine.prompt import Demonstration
 from gemmacli.errors import UsageError
 from gemmacli.files import read_json_lines
-from gemmacli.schema import LoadedSchema, schemas_dir
+from gemmacli.schema import LoadedSchema, instance_validator, schemas_dir
 
 SELECTIONS = ("fixed", "similar")
 #: Records read from an examples file for `--select similar` (the pool every text picks its examples from).
@@ -113,7 +113,7 @@ def load_examples(source: ExampleSource, schema: dict,
     if shots < 0:
         raise UsageError(f"shots must be 0 or more, not {shots}", option="shots")
     records = _read_records(source.path)
-    validator = _validator(schema)
+    validator = instance_validator(schema)
     found: list[Demonstration] = []
     for number, record in records:
         if len(found) >= shots:
@@ -152,13 +152,6 @@ def _fields(record: dict[str, Any], source: ExampleSource, number: int) -> tuple
         raise UsageError(f"{source.path}:{number}: a record needs a string {source.text_field!r} and a "
                          f"{source.label_field!r}", hint="--text-field / --label-field name other fields")
     return text, record[source.label_field]
-
-
-def _validator(schema: dict) -> Any:
-    from jsonschema import validators
-
-    cls = validators.validator_for(schema)
-    return cls(schema)
 
 
 def describe(examples: Sequence[Demonstration], path: Path | None) -> str:

@@ -47,6 +47,7 @@ from gemmacli.schema import (
     LoadedSchema,
     PreparedSchema,
     canonical_json,
+    instance_validator,
     join_pointer,
     load_schema,
     prepare_schema,
@@ -78,15 +79,6 @@ class ExtractionResult:
     #: Prompt-lookup speculation (gemmacli.engine.speculate): draft tokens run, and those then chosen.
     drafted: int = 0
     accepted: int = 0
-
-
-def _validator(schema: dict) -> Any:
-    """A jsonschema validator for the ORIGINAL schema (its own draft), with no network access for refs."""
-    import jsonschema
-    from jsonschema.validators import validator_for
-
-    cls = validator_for(schema, default=jsonschema.Draft202012Validator)
-    return cls(schema)
 
 
 SchemaLike = dict | LoadedSchema | PreparedSchema | str
@@ -152,7 +144,7 @@ class Extractor:
         self._span_schema = close_objects(compile_schema) if not pretty else None
         spanned = self._span_schema is not None and has_spans(self._span_schema, self.config.spans)
         self._spans = self.config.spans if spanned else "none"
-        self._validate = _validator(self.schema)
+        self._validate = instance_validator(self.schema)  # the ORIGINAL schema, not the enforced one
         self._hints = string_hints(self.schema)
 
     def _load_model(self, model: Model | str | Path | None) -> None:

@@ -14,7 +14,7 @@ Modules, each importing only those above it:
     check      check_schema: what the grammar engine can enforce, refused by pointer or loosened (--lenient)
 """
 
-from gemmacli.schema.check import check_schema
+from gemmacli.schema.check import check_schema, instance_validator
 from gemmacli.schema.load import (
     LoadedSchema,
     bundled_schemas,
@@ -39,6 +39,7 @@ __all__ = [
     "check_depth",
     "check_patterns",
     "check_schema",
+    "instance_validator",
     "join_pointer",
     "json_options",
     "load_schema",

@@ -17,6 +17,7 @@ keyword with its JSON pointer, and localise any other llguidance refusal by comp
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from gemmacli.errors import SchemaError
 from gemmacli.schema.keywords import REF_KEYWORDS, STANDARD_FORMATS, UNSUPPORTED_KEYWORDS
@@ -76,6 +77,15 @@ def _check_schema(schema: dict, *, lenient: bool, options: dict | None) -> tuple
         )
         _drop(work, pointer, key)
     return _until_it_compiles(work, lenient=lenient, options=options, warnings=warnings)
+
+
+def instance_validator(schema: dict) -> Any:
+    """A jsonschema validator for values of `schema`, in the schema's own draft (2020-12 when it names
+    none), with no network access for refs: outputs, labels and worked examples are checked alike."""
+    import jsonschema
+    from jsonschema.validators import validator_for
+
+    return validator_for(schema, default=jsonschema.Draft202012Validator)(schema)
 
 
 # ----------------------------------------------------------------------------------------- metaschema

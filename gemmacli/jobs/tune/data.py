@@ -19,6 +19,7 @@ from gemmacli.engine.examples import compact_answer
 from gemmacli.engine.prompt import encode_prompt, special_token_id, style_for
 from gemmacli.errors import UsageError
 from gemmacli.jobs.evaluate import LabelledRecord
+from gemmacli.schema import instance_validator
 
 #: An allowed set up to this size is scored over its own rows (a softmax over the choices the grammar
 #: leaves); a larger one (free text) over the whole vocabulary.
@@ -136,10 +137,7 @@ def training_sequence(tokenizer: Any, model_config: Any, schema: dict, record: L
 
 def check_labels(records: Sequence[LabelledRecord], schema: dict, path: Path) -> None:
     """Every label must validate: a model learns whatever it is shown, including a broken label."""
-    import jsonschema
-    from jsonschema.validators import validator_for
-
-    validator = validator_for(schema, default=jsonschema.Draft202012Validator)(schema)
+    validator = instance_validator(schema)
     for record in records:
         error = next(iter(validator.iter_errors(record.label)), None)
         if error is not None:
