@@ -29,21 +29,46 @@ CONFIGS: dict[str, list[str]] = {
     "ex4-spans": ["--examples", "{train}", "--shots", "4", "--spans", "all"],
     "sim4": ["--examples", "{train}", "--shots", "4", "--select", "similar", "--spans", "none"],
     "sim4-spans": ["--examples", "{train}", "--shots", "4", "--select", "similar", "--spans", "all"],
+    # The chat-turn prompt on the base model (its own is the document style): a copy of the model folder
+    # that declares prompt_style "chat" (made by chat_style_model below).
+    "sim4-chat": ["-m", "{chat}", "--examples", "{train}", "--shots", "4", "--select", "similar",
+                  "--spans", "none"],
+    "plain-likely": ["--examples", "none", "--spans", "none", "--choose", "likely"],
+    "sim4-likely": ["--examples", "{train}", "--shots", "4", "--select", "similar", "--spans", "none",
+                    "--choose", "likely"],
 }
 
 
 def run(dataset: str, config: str, limit: int | None, model: str | None) -> dict:
     folder = DATASETS / dataset
     flags = [f.replace("{train}", str(folder / "train.jsonl")) for f in CONFIGS[config]]
+    if "{chat}" in flags:
+        flags = [str(chat_style_model(model)) if f == "{chat}" else f for f in flags]
     out = OUT / f"{dataset}--{config}.json"
     command = [sys.executable, "-m", "gemmacli", "eval", "--schema", str(folder / "schema.json"),
                "--data", str(folder / "dev.jsonl"), "-o", str(out), "-q", *flags]
     if limit:
         command += ["-n", str(limit)]
-    if model:
+    if model and "-m" not in flags:
         command += ["-m", model]
     subprocess.run(command, check=False)
     return json.loads(out.read_text()) if out.is_file() else {}
+
+
+def chat_style_model(model: str | None) -> Path:
+    """A folder beside the base model's that links its files and declares `prompt_style: "chat"`: the same
+    weights, read with the chat turn instead of the document prompt."""
+    from gemmacli.models import store
+
+    base = store.resolve_model(model or "gemma-3-270m")
+    folder = base.parent / f"{base.name}-chatstyle"
+    folder.mkdir(exist_ok=True)
+    for item in base.iterdir():
+        if item.name != "gemmacli.json" and not (folder / item.name).exists():
+            (folder / item.name).symlink_to(item.resolve())
+    config = json.loads((base / "gemmacli.json").read_text())
+    (folder / "gemmacli.json").write_text(json.dumps({**config, "prompt_style": "chat"}, indent=1))
+    return folder
 
 
 def main() -> None:

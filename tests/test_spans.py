@@ -62,6 +62,9 @@ def test_spans_of_the_text_and_optional_members_are_accepted(tokenizer: Any, out
     '{"name":"Ada","age":1,"aliases":["Bob"]}',
     '{"name":"Ada","place":"Ada Lovelace wrote to \\"Charles\\" Babbage","age":1}',  # past maxLength 30
     '{"age":1,"name":"Ada"}',                 # schema order
+    '{"name":"Ada ","age":1}',                # a span ends and starts with no white space
+    '{"name":" Lovelace","age":1}',
+    '{"name":"Ada","place":"at ","age":1}',
 ])
 def test_anything_else_is_refused(tokenizer: Any, output: str) -> None:
     assert not accepts(tokenizer, PERSON, TEXT, output)

@@ -56,6 +56,9 @@ def add_model_options(group: argparse._ActionsContainer, *, default_model: str) 
                        help="prompt-lookup speculation: run up to N draft tokens copied from the prompt with "
                             "each model step (faster where outputs copy the text; a greedy near tie may "
                             "go the other way; default 0: off, try 8)")
+    group.add_argument("--choose", choices=("likely", "greedy"), default="greedy",
+                       help="how an enum's value is picked: the listed value the model finds most probable "
+                            "as a whole (likely), or token by token (greedy, default)")
     group.add_argument("--lenient", action="store_true",
                        help="drop schema keywords the decoder cannot enforce (warned; output is still "
                             "validated against them) instead of exit 3")
@@ -187,4 +190,4 @@ def extraction_config(args: argparse.Namespace, loaded: Any, env: Environment,
         examples=read_examples(args, loaded, env), instructions=read_instructions(args.instructions),
         temperature=getattr(args, "temperature", 0.0), top_p=getattr(args, "top_p", 1.0),
         seed=getattr(args, "seed", None), truncate=getattr(args, "truncate", False), threads=threads,
-        speculate=getattr(args, "speculate", 0))
+        speculate=getattr(args, "speculate", 0), choose=args.choose)

@@ -23,6 +23,8 @@ from gemmacli.errors import UsageError
 
 #: Fields that change how fast an extraction runs, never what it writes: left out of the fingerprint.
 SPEED_ONLY = frozenset({"threads", "prefix_cache"})
+#: How closed choices may be made (ExtractionConfig.choose).
+CHOOSE_MODES = ("likely", "greedy")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class ExtractionConfig:
     #: Off by default: on the real model a position run with others is not bit-equal to one run alone, so a
     #: greedy near tie can go the other way (bench/README.md, "Speculation").
     speculate: int = 0
+    #: How a closed choice (an enum's value) is made: "likely", the listed value the model finds most
+    #: probable as a whole (gemmacli.engine.likely), or "greedy", token by token. Greedy mode only.
+    choose: str = "greedy"
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -57,6 +62,9 @@ class ExtractionConfig:
             raise UsageError(f"top_p must be in (0, 1], not {self.top_p}", option="top_p")
         if self.speculate < 0:
             raise UsageError(f"speculate must be 0 or more, not {self.speculate}", option="speculate")
+        if self.choose not in CHOOSE_MODES:
+            raise UsageError(f"choose must be one of {', '.join(CHOOSE_MODES)}, not {self.choose!r}",
+                             option="choose")
         if self.spans not in MODES:
             raise UsageError(f"spans must be one of {', '.join(MODES)}, not {self.spans!r}", option="spans")
 
@@ -78,6 +86,8 @@ class ExtractionConfig:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in SPEED_ONLY}
         if not data["speculate"]:  # off: the fingerprint of every config from before the option
             del data["speculate"]
+        if data["choose"] == "greedy":  # token by token: the fingerprint of every config from before it
+            del data["choose"]
         examples: Examples = data.pop("examples")
         data["examples"] = {"pool": [[e.text, e.answer] for e in examples.pool], "shots": examples.shots,
                             "select": examples.select}

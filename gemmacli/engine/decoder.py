@@ -16,6 +16,8 @@ stuck in a loop, the guard narrows that step's choice to a way out of it, so a l
 How to read it: `decode` builds a `_Decoding` (the state of one run) and runs it. Each step of
 `_Decoding._step` takes exactly one of these ways, tried in this order:
   forced   the grammar alone decides the next tokens (`_jump_forward`); they are queued, not fed yet;
+  likely   greedy, at the start of a closed choice's value (an enum): the listed value with the highest
+           total log-probability, written whole (`_likely_choice`, gemmacli.engine.likely);
   lazy     greedy, inside a string: the full logits first, then the best token the grammar accepts, with
            no mask at all (`_lazy_choice`); falls through to the masked choice when none is found;
   masked   the grammar's mask, then logits for the allowed tokens only (`_masked_choice`); a mask that
@@ -37,12 +39,14 @@ import numpy as np
 from gemmacli.engine.choices import PROBES as PROBES  # re-exported: its meaning is documented here
 from gemmacli.engine.choices import _best_accepted, _one_text, _single_token_probes
 from gemmacli.engine.grammar import Mask
+from gemmacli.engine.likely import best_candidate, can_score
 from gemmacli.engine.loops import JsonLexer, Loop, RepeatGuard, lead_out
 from gemmacli.engine.sampling import Sampler
 from gemmacli.engine.speculate import speculation_for
 from gemmacli.errors import ExtractionFailed
 
 if TYPE_CHECKING:
+    from gemmacli.engine.likely import LikelyChoice
     from gemmacli.engine.speculate import Speculation
 
 #: In free text most of the vocabulary is allowed, and its mask is the dearest (4-5 ms for the first token
@@ -171,16 +175,20 @@ def decode(
     model_seconds: float = 0.0,
     hints: Sequence[str] = (),
     context: Sequence[int] = (),
+    choices: LikelyChoice | None = None,
 ) -> DecodeResult:
     """Run the loop until the grammar is complete; ExtractionFailed when max_tokens runs out first.
 
     `pending` holds tokens not yet fed to the model (the prompt, or nothing when the caller prefilled it
     and passes the resulting `hidden`). `tokenizer` is llguidance's LLTokenizer (for the text). `hints`
     are short texts the schema allows (gemmacli.schema.sizing.string_hints), a way out of a loop.
-    `context`: the prompt's ids, where speculation looks for drafts (default: `pending`).
+    `context`: the prompt's ids, where speculation looks for drafts (default: `pending`). `choices`: the
+    schema's closed-choice values, decided by likelihood when greedy (None: token by token).
     """
     decoding = _Decoding(model, cache, matcher, tokenizer, options, pending=pending, hidden=hidden,
                          model_calls=model_calls, model_seconds=model_seconds, hints=hints)
+    if decoding.sampler.temperature <= 0.0:
+        decoding.choices = choices
     # Greedy and fed in groups only: a draft is a guess of greedy choices, verified in one grouped run.
     if options.batch_forced and decoding.sampler.temperature <= 0.0:
         decoding.spec = speculation_for(model, cache, options.speculate, list(context or pending))
@@ -225,6 +233,7 @@ class _Decoding:
         self.lazy = options.lazy_mask and options.jump_forward and self.sampler.temperature <= 0.0
         self.probes = _single_token_probes(tokenizer)
         self.spec: Speculation | None = None  # prompt-lookup drafts (set by decode)
+        self.choices: LikelyChoice | None = None  # closed choices decided by likelihood (set by decode)
 
     # ---------------------------------------------------------------------------------------- the loop
 
@@ -243,6 +252,8 @@ class _Decoding:
         if self._jump_forward():
             return True
         loop = self._loop()
+        if loop is None and self._likely_choice():
+            return True
         lazy_logits = self._full_logits() if self._lazy_applies(loop) else None
         if lazy_logits is not None and self._lazy_choice(lazy_logits):
             return True
@@ -271,6 +282,38 @@ class _Decoding:
         """The loop the output is in, if the guard is on and sees one. Asked once a step, after any
         forced tokens: asking has effects (a loop is reported once; a structural one starts closing)."""
         return self.guard.loop() if self.guard is not None else None
+
+    def _likely_choice(self) -> bool:
+        """Likely: at the start of a closed choice's value, the listed value the model finds most probable
+        as a whole, written at once (gemmacli.engine.likely). False where there is no such choice (fewer
+        than two values the grammar accepts here), or the model cannot run candidates and take them back.
+        Not with speculation, whose drafts may already sit in the cache."""
+        point = self.position.choice_point() if self.choices is not None and self.spec is None else None
+        if point is None:
+            return False
+        assert self.choices is not None
+        candidates = self.choices.candidates(*point, self._accepts_whole)
+        if len(candidates) < 2:
+            return False
+        hidden = self._model_input()
+        if not can_score(self.model, self.cache, max(len(c.tokens) for c in candidates)):
+            return False
+        t0 = time.perf_counter()
+        best, runs = best_candidate(self.model, self.cache, hidden, candidates)
+        self.model_seconds += time.perf_counter() - t0
+        self.model_calls += runs
+        tokens = list(best.tokens)
+        self._check_budget(len(tokens))
+        if not self.matcher.consume_tokens(tokens):
+            raise self._fail(f"the grammar engine refused a listed value: {self.matcher.get_error()}")
+        self._advance(tokens, chosen=True)
+        self.generated += len(tokens)
+        self.sizes.append(len(candidates))
+        return True
+
+    def _accepts_whole(self, tokens: list[int]) -> bool:
+        """Whether the grammar takes every one of `tokens` from here."""
+        return self.matcher.validate_tokens(tokens) == len(tokens)
 
     def _lazy_applies(self, loop: Loop | None) -> bool:
         """Whether to try the lazy choice: greedy, inside free text (the grammar accepts every probe, so

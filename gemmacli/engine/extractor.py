@@ -39,6 +39,7 @@ from gemmacli.engine.grammar import (
     lark_grammar,
     new_matcher,
 )
+from gemmacli.engine.likely import LikelyChoice
 from gemmacli.engine.prompt import Prompt, count_tokens, encode_prompt
 from gemmacli.engine.spans import has_spans, span_grammar
 from gemmacli.errors import ExtractionFailed, ModelError, SchemaError, UsageError
@@ -52,6 +53,7 @@ from gemmacli.schema import (
     load_schema,
     prepare_schema,
 )
+from gemmacli.schema.choices import choice_values
 from gemmacli.schema.sizing import smallest_json, string_hints
 
 if TYPE_CHECKING:
@@ -146,6 +148,9 @@ class Extractor:
         self._spans = self.config.spans if spanned else "none"
         self._validate = instance_validator(self.schema)  # the ORIGINAL schema, not the enforced one
         self._hints = string_hints(self.schema)
+        # Closed choices decided by likelihood (gemmacli.engine.likely), tokenized once the tokenizer is.
+        self._choice_values = choice_values(compile_schema) if self.config.choose != "greedy" else {}
+        self._choices: LikelyChoice | None = None
 
     def _load_model(self, model: Model | str | Path | None) -> None:
         """The model (loaded here when named), its llguidance tokenizer build, and its identity."""
@@ -239,10 +244,13 @@ class Extractor:
         cache, hidden, calls, model_seconds = self._prefill(prompt)
         matcher = self._new_matcher(text)
         tokenizer = self._tokenizer_build.result()
+        if self._choice_values and self._choices is None:
+            self._choices = LikelyChoice(self._choice_values, tokenizer)
         self.timings["tokenizer_build"] = self._tokenizer_build.build_seconds
         self.timings["tokenizer_wait"] = self._tokenizer_build.wait_seconds
         result = decode(model, cache, matcher, tokenizer, [], self.options, hidden=hidden,
-                        model_calls=calls, model_seconds=model_seconds, hints=self._hints, context=prompt.ids)
+                        model_calls=calls, model_seconds=model_seconds, hints=self._hints, context=prompt.ids,
+                        choices=self._choices)
         try:
             data = json.loads(result.text)
         except json.JSONDecodeError as exc:  # the grammar makes this unreachable; never pass it on

@@ -55,7 +55,9 @@ def closing_tokens(tokenizer: Any, in_string: bool) -> np.ndarray:
 class JsonLexer:
     """Where the output is in the JSON: inside a string or not, and how deep in containers. Fed the bytes
     of each token; `last` says whether the latest token ended a value and whether it held structure;
-    `array_items` lists the strings that ended as items of an array in the latest token (with its depth)."""
+    `array_items` lists the strings that ended as items of an array in the latest token (with its depth).
+    `choice_point` says which property's value is being written and how much of it (the likelihood
+    choice, gemmacli.engine.likely, reads it)."""
 
     def __init__(self) -> None:
         self.in_string = False
@@ -63,13 +65,20 @@ class JsonLexer:
         self._escaped = False
         self.last = (False, False)  # (ended a value, held JSON structure: a quote, , : { } [ ])
         self._containers: list[int] = []  # the open containers' opening bytes
+        self._keys: list[str | None] = []  # per open container: an object's latest key
         self._string = bytearray()
         self.array_items: list[tuple[int, bytes]] = []
+        self._awaiting_value = False  # after `:`, `[` or an array's `,`: the next bytes start a value
+        self._value: bytearray | None = None  # the scalar value being written, from its first byte
+        self._string_is_value = False
+        self._key = ""  # the latest object key, until its `:`
 
     def feed(self, data: bytes) -> None:
         ended = structure = False
         self.array_items = []
         for byte in data:
+            if self._value is not None and (self.in_string or byte not in b",}] \t\n\r"):
+                self._value.append(byte)
             if self._escaped:
                 self._escaped = False
                 self._string.append(byte)
@@ -78,24 +87,61 @@ class JsonLexer:
                 self._string.append(byte)
             elif byte == 0x22:  # quote
                 ended = ended or self.in_string
-                if self.in_string and self._containers[-1:] == [0x5B]:
-                    self.array_items.append((self.depth, bytes(self._string)))
-                self.in_string = not self.in_string
-                self._string.clear()
+                self._quote()
                 structure = True
             elif self.in_string:
                 self._string.append(byte)
             elif byte in b"{[":
                 self.depth += 1
                 self._containers.append(byte)
+                self._keys.append(None)
+                self._awaiting_value = byte == 0x5B
+                self._value = None
                 structure = True
             elif byte in b",}]:":
                 ended = ended or byte != 0x3A
-                if byte in b"}]":
-                    self.depth -= 1
-                    del self._containers[-1:]
+                self._punctuation(byte)
                 structure = True
+            elif byte not in b" \t\n\r" and self._awaiting_value:  # a literal: true, false, null, a number
+                self._awaiting_value = False
+                self._value = bytearray([byte])
         self.last = (ended, structure)
+
+    def _quote(self) -> None:
+        """A quote opens or closes a string: a value's or an object key's."""
+        if self.in_string:
+            if self._containers[-1:] == [0x5B]:
+                self.array_items.append((self.depth, bytes(self._string)))
+            if not self._string_is_value:
+                self._key = self._string.decode("utf-8", errors="replace")
+            self._value = None
+        else:
+            self._string_is_value = self._awaiting_value
+            self._value = bytearray(b'"') if self._awaiting_value else None
+            self._awaiting_value = False
+        self.in_string = not self.in_string
+        self._string.clear()
+
+    def _punctuation(self, byte: int) -> None:
+        """`,` `:` `}` `]` outside strings: a value ends, a key is named, a container closes."""
+        self._value = None
+        if byte == 0x3A and self._keys:
+            self._keys[-1] = self._key
+        if byte in b"}]":
+            self.depth -= 1
+            del self._containers[-1:]
+            del self._keys[-1:]
+        self._awaiting_value = byte == 0x3A or (byte == 0x2C and self._containers[-1:] == [0x5B])
+
+    def choice_point(self) -> tuple[str, bytes] | None:
+        """(the property, the bytes of its value written so far) while a value of a property (or an item of
+        a property's array) is being started or written and has not ended yet; else None."""
+        if not self._awaiting_value and self._value is None:
+            return None
+        keys = self._keys[-1:] if self._containers[-1:] == [0x7B] else self._keys[-2:-1]
+        if not keys or keys[0] is None:
+            return None
+        return keys[0], bytes(self._value or b"")
 
 
 @dataclass

@@ -66,6 +66,10 @@ def _json_escaped(text: str) -> str:
 _CHUNK = re.compile(r'\\u[0-9a-fA-F]{4}|\\.|\w+|\s+|[^\w\s\\]')
 
 
+#: A span's own shape: empty, or starting and ending with something other than white space.
+TRIMMED = r"/(\S(.*\S)?)?/"
+
+
 def span_chunks(text: str) -> list[str]:
     """The JSON-escaped text cut into the pieces a span is made of (llguidance's substring_chunks)."""
     escaped = _json_escaped(text)
@@ -127,14 +131,16 @@ class _Writer:
         return f"%json {json.dumps(fragment, ensure_ascii=False)}"
 
     def _span_terminal(self, node: dict) -> str:
-        """SPAN, or SPAN intersected with the field's length bounds (counted on the JSON-escaped text,
-        which is never shorter than the value: a bound met there is met by the value)."""
+        """SPAN trimmed (no white space at either end: `"room "` or `"in "` is a span cut short, and the
+        model took such ends where its next word was not in the text), and within the field's length bounds
+        (counted on the JSON-escaped text, which is never shorter than the value: a bound met there is met
+        by the value)."""
         low, high = int(node.get("minLength", 0)), node.get("maxLength")
-        if low == 0 and high is None:
-            return "SPAN"
         name = f"SPAN_{low}_{'' if high is None else int(high)}"
         if name not in self.terminals:
-            self.terminals[name] = f"{name}: SPAN & /.{{{low},{'' if high is None else int(high)}}}/"
+            bounds = "" if low == 0 and high is None else \
+                f" & /.{{{low},{'' if high is None else int(high)}}}/"
+            self.terminals[name] = f"{name}: SPAN & {TRIMMED}{bounds}"
         return name
 
     def _rule(self, body: str) -> str:

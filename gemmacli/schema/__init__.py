@@ -11,6 +11,7 @@ Modules, each importing only those above it:
     load       reading a schema (file, inline, bundled name, concise syntax), bundling file $refs, its sha256
     probes     asking llguidance whether a schema compiles, and locating where it refuses one
     sizing     the smallest JSON a schema allows, and whether any finite JSON does
+    choices    the closed-choice properties (enum, const, boolean) and the JSON texts of their values
     check      check_schema: what the grammar engine can enforce, refused by pointer or loosened (--lenient)
 """
 
