@@ -56,18 +56,24 @@ def run(dataset: str, config: str, limit: int | None, model: str | None) -> dict
 
 
 def chat_style_model(model: str | None) -> Path:
-    """A folder beside the base model's that links its files and declares `prompt_style: "chat"`: the same
-    weights, read with the chat turn instead of the document prompt."""
+    """A folder beside the base model's that hard-links its files and declares `prompt_style: "chat"`: the
+    same weights, read with the chat turn instead of the document prompt."""
     from gemmacli.models import store
 
     base = store.resolve_model(model or "gemma-3-270m")
     folder = base.parent / f"{base.name}-chatstyle"
     folder.mkdir(exist_ok=True)
     for item in base.iterdir():
-        if item.name != "gemmacli.json" and not (folder / item.name).exists():
-            (folder / item.name).symlink_to(item.resolve())
+        if item.name not in ("gemmacli.json", "manifest.json") and not (folder / item.name).exists():
+            (folder / item.name).hardlink_to(item.resolve())  # onnxruntime refuses symlinks out
     config = json.loads((base / "gemmacli.json").read_text())
     (folder / "gemmacli.json").write_text(json.dumps({**config, "prompt_style": "chat"}, indent=1))
+    manifest = json.loads((base / "manifest.json").read_text())
+    manifest["name"] = folder.name
+    manifest["files"]["gemmacli.json"] = {"sha256": store.sha256_file(folder / "gemmacli.json"),
+                                          "size": (folder / "gemmacli.json").stat().st_size}
+    (folder / "manifest.json").unlink(missing_ok=True)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return folder
 
 

@@ -180,6 +180,20 @@ def read_examples(args: argparse.Namespace, loaded: Any, env: Environment) -> An
     return examples.Examples(pool, shots, select)
 
 
+def add_parallel_option(group: argparse._ActionsContainer) -> None:
+    """--parallel: documents decoded together in one process (gemmacli.jobs.streams)."""
+    group.add_argument("--parallel", type=positive_int, default=1, metavar="N",
+                       help="decode N documents together in this process, their model steps batched "
+                            "(same records as one at a time; try 4; default 1)")
+
+
+def check_parallel(parallel: int, jobs: int, ray: Any) -> None:
+    """--parallel runs in this one process: not with worker processes or Ray actors (exit 2)."""
+    if parallel > 1 and (jobs != 1 or ray is not None):
+        raise UsageError("--parallel decodes several documents in one process; use it without --jobs "
+                         "or --ray", option="parallel")
+
+
 def extraction_config(args: argparse.Namespace, loaded: Any, env: Environment,
                       threads: int | None = None) -> Any:
     """The one ExtractionConfig of a command, from its flags (extract, check and eval share them)."""

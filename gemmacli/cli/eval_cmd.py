@@ -21,6 +21,8 @@ from rich.table import Table
 from gemmacli.cli.commands import (
     add_common_flags,
     add_model_options,
+    add_parallel_option,
+    check_parallel,
     default_model,
     extraction_config,
     positive_int,
@@ -75,6 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--label-field", default="label", help="record field with the label (default: label)")
     parser.add_argument("--id-field", default="id", help="record field with the id (default: id)")
     add_model_options(parser, default_model="the best installed Gemma 3 model")
+    add_parallel_option(parser)
     add_ray_options(parser)
     add_common_flags(parser)
     parser.set_defaults(handler=handle)
@@ -86,6 +89,7 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
     if args.jobs < 0:
         raise UsageError("--jobs must be 0 (one per CPU) or more")
     ray = ray_options(args, args.jobs)  # a missing Ray is exit 2, before any work
+    check_parallel(args.parallel, args.jobs, ray)
     loaded = prepare_schema(load_schema(args.schema), lenient=args.lenient)  # checked once
     for warning in loaded.warnings:
         env.warn(warning)
@@ -100,7 +104,8 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
                                if jobs > 1 and ray is None else None)  # Ray actors: threads = their CPUs
     examples = config.examples
     _warn_on_overlap(examples, records, env)
-    options = batch.ExtractOptions(schema=loaded, model=model, config=config, with_meta=True)
+    options = batch.ExtractOptions(schema=loaded, model=model, config=config, with_meta=True,
+                                   streams=args.parallel)
     where = f"jobs: {jobs}" if ray is None else f"Ray actors: {ray.actors or 'auto'}"
     env.info(f"eval: {len(records)} record(s) of {args.data} with {model}; {where}")
     report = evaluate_records(records, options, jobs=jobs, progress=make_progress(env, every=10), ray=ray)

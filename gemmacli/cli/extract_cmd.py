@@ -17,7 +17,9 @@ from gemmacli.cli.commands import (
     add_common_flags,
     add_decoding_options,
     add_model_options,
+    add_parallel_option,
     check_max_tokens,
+    check_parallel,
     default_model,
     extraction_config,
     warn_if_tuned_elsewhere,
@@ -163,6 +165,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="worker processes, each loading the model once (0 = auto: capped by CPUs and by memory); "
         "with --ray, Ray actors",
     )
+    add_parallel_option(batch_group)
     batch_group.add_argument("--fail-fast", action="store_true", help="stop at the first failed record")
     batch_group.add_argument(
         "--progress-every",
@@ -180,6 +183,7 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Validate the command line, load and check the schema, gather sources, then extract."""
     _validate(args)
     ray = ray_options(args, args.jobs)  # before any work: a missing Ray is exit 2
+    check_parallel(args.parallel, args.jobs, ray)
     options_schema = _load_schema(args, env)
     stdin = HashingReader(env.stdin)
     sources = _gather_sources(args, env, stdin)
@@ -215,6 +219,7 @@ def handle(args: argparse.Namespace, env: Environment) -> ExitStatus:
         errors=args.errors,
         allow_empty=args.allow_empty,
         with_meta=args.with_meta,
+        streams=args.parallel,
     )
     env.verbose(f"model: {model}; {len(sources)} input(s); "
                 + (f"jobs: {jobs}" if ray is None else f"Ray actors: {ray.actors or 'auto'}"))

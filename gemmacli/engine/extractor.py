@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from gemmacli.engine.config import ExtractionConfig
 from gemmacli.engine.decoder import DecodeOptions, decode
@@ -57,6 +57,7 @@ from gemmacli.schema.choices import choice_values
 from gemmacli.schema.sizing import smallest_json, string_hints
 
 if TYPE_CHECKING:
+    from gemmacli.engine.lockstep import StreamModel
     from gemmacli.engine.runtime import Model
 
 #: The budget when the user sets none, unless the schema's smallest output asks for more (`budget_for`).
@@ -103,7 +104,7 @@ def _prepared(schema: SchemaLike, config: ExtractionConfig) -> PreparedSchema:
 class Extractor:
     """Loads the model and compiles the schema once; call .extract(text) many times (batches)."""
 
-    def __init__(self, schema: SchemaLike, *, model: Model | str | Path | None = None,
+    def __init__(self, schema: SchemaLike, *, model: Model | StreamModel | str | Path | None = None,
                  config: ExtractionConfig | None = None, warn: Callable[[str], None] | None = None,
                  **options: Any) -> None:
         """`config` (gemmacli.engine.config.ExtractionConfig), or its fields as keyword `options`;
@@ -152,7 +153,7 @@ class Extractor:
         self._choice_values = choice_values(compile_schema) if self.config.choose != "greedy" else {}
         self._choices: LikelyChoice | None = None
 
-    def _load_model(self, model: Model | str | Path | None) -> None:
+    def _load_model(self, model: Model | StreamModel | str | Path | None) -> None:
         """The model (loaded here when named), its llguidance tokenizer build, and its identity."""
         if model is None:
             model = store.default_model()
@@ -163,8 +164,8 @@ class Extractor:
             t0 = time.perf_counter()
             self.model = Model.load(folder, threads=self.config.threads)
             self.timings["model_load"] = time.perf_counter() - t0
-        else:
-            self.model = model
+        else:  # a loaded Model, or a lockstep stream standing in for one (the same interface)
+            self.model = cast("Model", model)
         # llguidance's token table: built on a thread during the first prefill (gemmacli.engine.grammar),
         # from a cached table of the model's own tokenizer where it is Gemma's (gemmacli.engine.tokens).
         self._tokenizer_build = TokenizerBuild(folder / "tokenizer.json", model_config.vocab_size,
@@ -218,7 +219,8 @@ class Extractor:
         calls, seconds = 0, 0.0
         t0 = time.perf_counter()
         if self._prefix is not None and self._prefix[0] == head:
-            cache = self._prefix[1].copy()
+            adopt = getattr(model, "adopt_cache", None)  # a lockstep stream keeps it in its own row
+            cache = adopt(self._prefix[1]) if adopt is not None else self._prefix[1].copy()
         else:
             cache = model.new_cache()
             if head:

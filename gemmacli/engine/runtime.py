@@ -197,6 +197,7 @@ class Model:
             self._lm_binding.bind_ortvalue_input(self._lm_head_input,
                                                  ort.OrtValue.ortvalue_from_numpy(self._lm_input))
         self._rows: _LmHeadRows | None = None
+        self._batch_bindings: dict[int, Any] = {}  # forward_batch's binding, for its buffers
 
     @classmethod
     def load(cls, ref: str | Path, *, threads: int | None = None, spin: bool = False,
@@ -424,6 +425,62 @@ class Model:
             errors[int8] = float(np.abs(rows.logits(probe, sample) - expected).max())
         rows.int8_activations = errors[True] < errors[False]
         return rows
+
+    # --------------------------------------------------------------- several sequences in one run
+
+    def batch_buffers(self, sequences: int, rows: int) -> tuple[dict[str, np.ndarray], frozenset[str]]:
+        """KV buffers for `sequences` sequences side by side ([sequences, heads, rows, dim] per past input;
+        window layers keep their own row count), and the names of those that are not windows. Sequence i's
+        KVCache is a view of row i of each (`KVCache(values={n: b[i:i+1]}, …)`): forward and forward_all
+        run it alone, forward_batch runs every sequence at once. Only GroupQueryAttention graphs."""
+        if not self._shared_kv:
+            raise ModelError(f"{self.folder / DECODER_FILE} cannot decode several sequences in one run "
+                             "(no GroupQueryAttention)")
+        template = self.new_cache()
+        buffers = {}
+        for name, buf in template.values.items():
+            height = rows if name in template.growable else buf.shape[2]
+            buffers[name] = np.zeros((sequences, buf.shape[1], height, buf.shape[3]), dtype=buf.dtype)
+        return buffers, template.growable
+
+    def forward_batch(self, buffers: dict[str, np.ndarray], token_ids: Sequence[int],
+                      lengths: Sequence[int]) -> np.ndarray:
+        """One new token for every sequence of `buffers` (batch_buffers), each after its own `lengths[i]`
+        tokens, in one run: hidden states [sequences, H], row i equal to what forward(cache_i, [token])
+        returns (the same kernels, row by row; checked in tests). Each sequence's new row is written at its
+        own position; the caller advances the lengths it keeps."""
+        count = len(token_ids)
+        binding = self._batch_bindings.get(id(buffers))
+        if binding is None:
+            binding = self._decoder.io_binding()
+            for present, past in self._past_for_present.items():
+                value = ort.OrtValue.ortvalue_from_numpy(buffers[past])
+                binding.bind_ortvalue_input(past, value)
+                binding.bind_ortvalue_output(present, value)
+            self._batch_bindings = {id(buffers): (binding, buffers)}  # the arrays stay alive with it
+        else:
+            binding = binding[0]
+        total = max(lengths) + 1
+        mask = np.zeros((count, total), dtype=np.int64)
+        for row, length in enumerate(lengths):
+            mask[row, : length + 1] = 1
+        binding.bind_cpu_input("input_ids", np.asarray(token_ids, dtype=np.int64).reshape(count, 1))
+        if self._has_mask:
+            binding.bind_cpu_input("attention_mask", mask)
+        if self._has_positions:
+            binding.bind_cpu_input("position_ids", np.asarray(lengths, dtype=np.int64).reshape(count, 1))
+        hidden = np.empty((count, int(self.config.hidden_size)), dtype=np.float32)
+        binding.bind_ortvalue_output(self._hidden_output, ort.OrtValue.ortvalue_from_numpy(hidden))
+        try:
+            self._decoder.run_with_iobinding(binding)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelError(f"{self.folder / DECODER_FILE} failed to run: {exc}") from exc
+        return hidden
+
+    @property
+    def window(self) -> int | None:
+        """Rows of a window layer's cache buffer (its attention window), None without window layers."""
+        return self._window
 
     def generate_greedy(self, prompt_ids: Sequence[int], max_new_tokens: int,
                         stop_ids: Sequence[int] | None = None) -> list[int]:

@@ -59,6 +59,8 @@ class ExtractOptions:
     errors: str = "strict"
     allow_empty: bool = False
     with_meta: bool = False
+    #: Documents decoded together in this process, their model steps batched (gemmacli.jobs.streams).
+    streams: int = 1
 
 
 class ExtractorLike(Protocol):
@@ -236,6 +238,10 @@ def outcomes(
         from gemmacli.jobs.ray_data import ray_outcomes
 
         return ray_outcomes(sources, options, factory, ray, progress)
+    if jobs <= 1 and options.streams > 1 and factory is build_extractor:
+        from gemmacli.jobs.streams import stream_outcomes
+
+        return stream_outcomes(sources, options, progress, options.streams)
     if jobs <= 1:
         return _outcomes_serial(sources, options, factory, progress)
     return _outcomes_parallel(sources, options, factory, progress, jobs)
