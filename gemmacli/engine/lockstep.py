@@ -13,7 +13,8 @@ one to ask runs the round (`Lockstep._run_round`):
   the next real token overwrites it; a full attention window is saved first and put back, since a token
   there would push the window's oldest row out);
 - longer runs (prefill, forced tokens, likelihood candidates) run alone, each on its own row;
-- full lm_heads go in one `Model.logits_rows` run.
+- full lm_heads go in one `Model.logits_rows` run; a stream that asked for one after its previous step gets
+  it computed with its step, in the same round (free text asks for one after every step).
 
 onnxruntime computes each row of those runs exactly as it would alone (the tests check it), so every
 output is byte-identical to decoding the documents one at a time. The threads only ever wait for each
@@ -45,6 +46,8 @@ class _Request:
     token: int = 0
     run: Callable[[], Any] | None = None
     hidden: np.ndarray | None = None
+    wants_head: bool = False  # a step whose stream will likely ask for the full lm_head next (prefetched)
+    logits: np.ndarray | None = None  # that lm_head, when prefetched
     result: Any = None
     error: BaseException | None = None
     done: bool = False
@@ -177,6 +180,11 @@ class Lockstep:
             request.cache.length += 1
             request.cache.undo = None
             request.result = hidden[request.slot].copy()
+        prefetch = [r for r in steps if r.wants_head]
+        if prefetch:  # in the same round: one lm_head run instead of one more round each
+            logits = self.model.logits_rows(np.stack([r.result for r in prefetch]))
+            for request, row in zip(prefetch, logits, strict=True):
+                request.logits = row
         self.batched_steps += 1
 
     def _window_rows(self, slot: int) -> dict[str, np.ndarray]:
@@ -191,6 +199,10 @@ class StreamModel:
     def __init__(self, lockstep: Lockstep, slot: int) -> None:
         self._lockstep, self._slot = lockstep, slot
         self._model = lockstep.model
+        # The full lm_head of the latest step, when the lockstep computed it with the step: asked for right
+        # after the previous step, it is likely asked for after this one (free text).
+        self._prefetched: tuple[np.ndarray, np.ndarray] | None = None
+        self._head_followed = False  # whether the full lm_head was asked for after the latest step
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
@@ -218,12 +230,18 @@ class StreamModel:
         return cache
 
     def forward(self, cache: KVCache, token_ids: Sequence[int]) -> np.ndarray:
+        self._prefetched = None
         if len(token_ids) == 1:
-            request = _Request(self._slot, "step", cache=cache, token=int(token_ids[0]))
+            request = _Request(self._slot, "step", cache=cache, token=int(token_ids[0]),
+                               wants_head=self._head_followed)
         else:
             tokens = list(token_ids)
             request = _Request(self._slot, "run", cache=cache, run=lambda: self._model.forward(cache, tokens))
-        return np.asarray(self._lockstep.submit(request))
+        self._head_followed = False
+        hidden = np.asarray(self._lockstep.submit(request))
+        if request.logits is not None:
+            self._prefetched = (hidden, request.logits)
+        return hidden
 
     def forward_all(self, cache: KVCache, token_ids: Sequence[int]) -> np.ndarray:
         tokens = list(token_ids)
@@ -231,6 +249,10 @@ class StreamModel:
             _Request(self._slot, "run", cache=cache, run=lambda: self._model.forward_all(cache, tokens))))
 
     def logits(self, hidden: np.ndarray) -> np.ndarray:
+        self._head_followed = True
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and prefetched[0] is hidden:
+            return prefetched[1]
         return np.asarray(self._lockstep.submit(_Request(self._slot, "head", hidden=hidden)))
 
     def logits_rows(self, hidden: np.ndarray) -> np.ndarray:

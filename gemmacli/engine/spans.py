@@ -173,10 +173,7 @@ class _Writer:
         return f'"{{" {tails[(0, False)]} "}}"'
 
     def _write_array(self, node: dict) -> str:
-        items_node = node["items"]
-        if is_span_field(items_node, self.mode):  # an empty item names nothing: the list is shorter instead
-            items_node = {**items_node, "minLength": max(1, int(items_node.get("minLength", 0)))}
-        item = self._rule(self.value(items_node))
+        item = self._rule(self.value(node["items"]))
         most = node.get("maxItems")
         more = "*" if most is None else f"{{0,{int(most) - 1}}}"
         items = f'{item} ("," {item}){more}'
