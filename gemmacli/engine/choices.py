@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from gemmacli.engine.decoder import DecoderTokenizer, GrammarMatcher
+    from gemmacli.engine.protocols import DecoderTokenizer, GrammarMatcher
 
 #: The texts whose acceptance by the grammar means free text (see decoder.PROBES).
 PROBES = ("e", "x", "Q", "7")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,6 +41,10 @@ from gemmacli.engine.choices import _best_accepted, _one_text, _single_token_pro
 from gemmacli.engine.grammar import Mask
 from gemmacli.engine.likely import best_candidate, can_score
 from gemmacli.engine.loops import JsonLexer, Loop, RepeatGuard, lead_out
+from gemmacli.engine.protocols import Cache as Cache  # re-exported: the loop's typed needs live there
+from gemmacli.engine.protocols import DecoderModel as DecoderModel
+from gemmacli.engine.protocols import DecoderTokenizer as DecoderTokenizer
+from gemmacli.engine.protocols import GrammarMatcher as GrammarMatcher
 from gemmacli.engine.sampling import Sampler
 from gemmacli.engine.speculate import speculation_for
 from gemmacli.errors import ExtractionFailed
@@ -62,67 +66,6 @@ LAZY_CANDIDATES = 8
 LM_HEAD_THRESHOLD = 512
 #: More allowed tokens than this: free text (a name, a span), not a few values (see loops.RepeatGuard.push).
 FREE_CHOICE = 16
-
-
-#: The model's KV cache: opaque to the decoder, which only hands it back to `DecoderModel.forward`.
-Cache = Any
-
-
-class DecoderModel(Protocol):
-    """What the loop needs from the model (gemmacli.engine.runtime.Model). It may also have a `config` whose
-    `vocab_size` says how many lm_head rows it has, when fewer than the tokenizer's ids."""
-
-    def forward(self, cache: Cache, token_ids: Sequence[int]) -> np.ndarray:
-        """Run the decoder over `token_ids` (appending to `cache`); the last position's hidden state."""
-        ...
-
-    def logits(self, hidden: np.ndarray) -> np.ndarray:
-        """The full lm_head: one logit per row."""
-        ...
-
-    def logits_for(self, hidden: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
-        """Only the rows `token_ids` of the lm_head, aligned with them."""
-        ...
-
-
-class GrammarMatcher(Protocol):
-    """What the loop needs from llguidance's LLMatcher (and gemmacli.engine.loops.lead_out from it)."""
-
-    def is_error(self) -> bool: ...
-
-    def get_error(self) -> str: ...
-
-    def is_stopped(self) -> bool: ...
-
-    def is_accepting(self) -> bool: ...
-
-    def stop_reason(self) -> str: ...
-
-    def compute_ff_tokens(self) -> list[int]: ...
-
-    def consume_token(self, sampled_token: int) -> bool: ...
-
-    def consume_tokens(self, sampled_tokens: list[int]) -> bool: ...
-
-    def validate_tokens(self, tokens: list[int]) -> int: ...
-
-    def rollback(self, num_tokens: int) -> bool: ...
-
-    def unsafe_compute_mask_ptr(self, trg_pointer: int, trg_byte_size: int) -> None: ...
-
-
-class DecoderTokenizer(Protocol):
-    """What the loop needs from llguidance's LLTokenizer: the grammar's vocabulary, its ends, its bytes."""
-
-    @property
-    def eos_tokens(self) -> Sequence[int]: ...
-
-    @property
-    def vocab_size(self) -> int: ...
-
-    def tokenize_str(self, text: str) -> list[int]: ...
-
-    def decode_bytes(self, tokens: list[int]) -> bytes: ...
 
 
 @dataclass
