@@ -123,3 +123,33 @@ def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as caught:
         Model.load("no-such-model", environ={"GEMMACLI_MODELS": str(tmp_path), "HOME": str(tmp_path)})
     assert "gemmacli model" in (caught.value.hint or "")
+
+
+def test_graph_and_lm_head_layouts_are_read_back_from_the_cache(tiny_model_dir: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second load reads what the first one kept, without the onnx package (its import is ~0.6 s of a
+    cold extract), and gets the same graph, layout and logits."""
+    from gemmacli.engine import lmrows, sessions
+
+    cache = tmp_path / "graphs"
+    graph = sessions.read_decoder_graph(tiny_model_dir / "model.onnx", cache)
+    rows = lmrows.LmHeadRows(tiny_model_dir, cache)
+
+    def refuse(*_args: object) -> None:
+        raise AssertionError("read again instead of from the cache")
+
+    monkeypatch.setattr(sessions, "_edited_graph", refuse)
+    monkeypatch.setattr(lmrows, "_layout", refuse)
+    assert sessions.read_decoder_graph(tiny_model_dir / "model.onnx", cache) == graph
+    again = lmrows.LmHeadRows(tiny_model_dir, cache)
+    hidden = np.random.default_rng(0).standard_normal(again.hidden if again.op != "MatMul" else
+                                                      rows.rows.shape[1]).astype(np.float32)
+    ids = np.arange(0, 50, 7)
+    assert np.array_equal(again.logits(hidden, ids), rows.logits(hidden, ids))
+    import hashlib
+
+    key = hashlib.sha256((tiny_model_dir / "model.onnx").read_bytes()).hexdigest()
+    (cache / f"{key}.json").write_text("{not json")  # a broken entry is read afresh, and kept again
+    monkeypatch.undo()
+    assert sessions.read_decoder_graph(tiny_model_dir / "model.onnx", cache) == graph
+    assert (cache / f"{key}.json").read_text().startswith("{\"shared_kv\"")

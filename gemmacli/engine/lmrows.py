@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,42 +24,32 @@ class LmHeadRows:
     session really uses depends on the CPU's kernels: Model calibrates it once against the session.
     """
 
-    def __init__(self, folder: Path) -> None:
-        import onnx
-        from onnx import numpy_helper
+    def __init__(self, folder: Path, cache: Path | None = None) -> None:
+        """`cache`: a folder where the lm_head's layout is kept under its graph's sha256 (read_layout)."""
+        layout = read_layout(folder / LM_HEAD_FILE, cache)
 
-        path = folder / LM_HEAD_FILE
-        proto = onnx.load(str(path), load_external_data=False)
-        node = next((n for n in proto.graph.node if n.op_type in ("MatMul", "MatMulNBits")), None)
-        if node is None:
-            raise ModelError(f"{path} has no MatMul or MatMulNBits lm_head node")
-        tensors = {init.name: init for init in proto.graph.initializer}
+        def array(role: str) -> np.ndarray:
+            entry = layout["tensors"][role]
+            if "array" in entry:
+                return np.asarray(entry["array"])
+            return np.memmap(folder / entry["file"], dtype=np.dtype(entry["dtype"]), mode="r",
+                             offset=int(entry["offset"]), shape=tuple(entry["shape"]))
 
-        def array(name: str) -> np.ndarray:
-            tensor = tensors[name]
-            if tensor.data_location != onnx.TensorProto.EXTERNAL:
-                return numpy_helper.to_array(tensor)
-            info = {e.key: e.value for e in tensor.external_data}
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-            shape = tuple(tensor.dims)
-            return np.memmap(folder / info["location"], dtype=dtype, mode="r",
-                             offset=int(info.get("offset", 0)), shape=shape)
-
-        self.op = node.op_type
+        self.op = layout["op"]
         self.int8_activations = False
         if self.op == "MatMul":
-            self.rows = np.ascontiguousarray(np.asarray(array(node.input[1]), dtype=np.float32).T)  # [V, H]
+            self.rows = np.ascontiguousarray(np.asarray(array("weight"), dtype=np.float32).T)  # [V, H]
             return
-        attrs = {a.name: a.i for a in node.attribute}
+        attrs = layout["attrs"]
         self.bits = attrs.get("bits", 4)
         if self.bits not in (4, 8):
-            raise ModelError(f"{path}: only 4- and 8-bit MatMulNBits lm_heads are supported")
+            raise ModelError(f"{folder / LM_HEAD_FILE}: only 4- and 8-bit MatMulNBits lm_heads are supported")
         self.hidden, self.vocab, self.block = attrs["K"], attrs["N"], attrs["block_size"]
         self.blocks = -(-self.hidden // self.block)
-        self.packed = array(node.input[1]).reshape(self.vocab, -1)  # [V, blocks * block / 2]
-        self.scales = np.asarray(array(node.input[2])).reshape(self.vocab, self.blocks)
-        self.zero_points = (array(node.input[3]).reshape(self.vocab, -1)
-                            if len(node.input) > 3 and node.input[3] else None)
+        self.packed = array("weight").reshape(self.vocab, -1)  # [V, blocks * block / 2]
+        self.scales = np.asarray(array("scales")).reshape(self.vocab, self.blocks)
+        self.zero_points = (array("zero_points").reshape(self.vocab, -1)
+                            if "zero_points" in layout["tensors"] else None)
 
     def _quantize_activation(self, hidden: np.ndarray) -> np.ndarray:
         padded = np.zeros(self.blocks * self.block, dtype=np.float32)
@@ -92,3 +86,70 @@ class LmHeadRows:
         weights = (quants.reshape(len(ids), self.blocks, self.block) - zeros[:, :, None]) * scales[:, :, None]
         weights = weights.reshape(len(ids), -1)[:, : self.hidden]
         return weights @ hidden.astype(np.float32)
+
+
+def read_layout(path: Path, cache: Path | None = None) -> dict[str, Any]:
+    """The lm_head node's kind, attributes and weight tensors (where in which file, or the array itself).
+
+    Reading it needs the `onnx` package, whose import alone is ~0.6 s of a cold `extract`: with `cache`,
+    the layout is kept there under the graph file's sha256 (small inline tensors as .npy beside it) and
+    read back next time. A cache that cannot be read or written is passed over."""
+    key = hashlib.sha256(path.read_bytes()).hexdigest() if cache is not None and path.is_file() else None
+    if cache is not None and key is not None:
+        try:
+            layout = json.loads((cache / f"{key}.json").read_text(encoding="utf-8"))
+            for role, entry in layout["tensors"].items():
+                if "npy" in entry:
+                    layout["tensors"][role] = {"array": np.load(cache / entry["npy"])}
+            return dict(layout)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    layout = _layout(path)
+    if cache is not None and key is not None:
+        _store_layout(cache, key, layout)
+    return layout
+
+
+def _layout(path: Path) -> dict[str, Any]:
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path), load_external_data=False)
+    node = next((n for n in proto.graph.node if n.op_type in ("MatMul", "MatMulNBits")), None)
+    if node is None:
+        raise ModelError(f"{path} has no MatMul or MatMulNBits lm_head node")
+    initializers = {init.name: init for init in proto.graph.initializer}
+    roles = ("weight",) if node.op_type == "MatMul" else ("weight", "scales", "zero_points")
+    tensors: dict[str, dict[str, Any]] = {}
+    for role, name in zip(roles, node.input[1:], strict=False):
+        if not name:
+            continue
+        tensor = initializers[name]
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            tensors[role] = {"array": numpy_helper.to_array(tensor)}
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        tensors[role] = {"file": info["location"], "offset": int(info.get("offset", 0)),
+                         "dtype": np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).str,
+                         "shape": [int(d) for d in tensor.dims]}
+    return {"op": node.op_type, "attrs": {a.name: a.i for a in node.attribute}, "tensors": tensors}
+
+
+def _store_layout(cache: Path, key: str, layout: dict[str, Any]) -> None:
+    """Inline arrays first, the JSON last (it says the rest is whole)."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        stored: dict[str, Any] = {**layout, "tensors": {}}
+        for role, entry in layout["tensors"].items():
+            if "array" in entry:
+                name = f"{key}.{role}.npy"
+                partial = cache / f"{name}.{os.getpid()}.partial.npy"
+                np.save(partial, entry["array"])
+                os.replace(partial, cache / name)
+                entry = {"npy": name}
+            stored["tensors"][role] = entry
+        partial = cache / f"{key}.json.{os.getpid()}.partial"
+        partial.write_text(json.dumps(stored), encoding="utf-8")
+        os.replace(partial, cache / f"{key}.json")
+    except OSError:
+        pass

@@ -101,7 +101,7 @@ class Model:
         self.threads = threads
         # Idle-thread spinning off by default: the decoder's spinning threads slowed the lm_head run that
         # follows each step (measured here: 72 -> 38-57 ms per token on 2 busy cores).
-        graph = read_decoder_graph(folder / DECODER_FILE)
+        graph = read_decoder_graph(folder / DECODER_FILE, cache=store.cache_home() / "graphs")
         self._shared_kv, self._window = graph.shared_kv, graph.window
         #: The [batch, seq, H] tensor the graph cuts its last position from, exposed as an extra output so
         #: that forward_all can return every position (speculation verifies several tokens in one run).
@@ -356,7 +356,7 @@ class Model:
 
     def _calibrated_rows(self) -> _LmHeadRows:
         """Match logits_for's arithmetic to the session's: one full lm_head run on a fixed probe."""
-        rows = _LmHeadRows(self.folder)
+        rows = _LmHeadRows(self.folder, cache=store.cache_home() / "graphs")
         if rows.op != "MatMulNBits":
             return rows
         probe = np.random.default_rng(0).standard_normal(rows.hidden).astype(np.float32) * 3
