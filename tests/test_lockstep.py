@@ -84,3 +84,31 @@ def test_extract_parallel_writes_the_same_records(tiny_model_dir: Path, tmp_path
     assert together.stdout == plain.stdout and plain.stdout.count(b"\n") == 5
     refused = run_cli([*argv, "--parallel", "2", "--jobs", "2"])
     assert refused.status == 2 and "--parallel" in refused.stderr
+
+
+def test_a_failing_round_fails_its_requests_instead_of_hanging(model: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    lockstep = Lockstep(model, 2, rows=64)
+    monkeypatch.setattr(lockstep, "_attached", lambda _request: 1 / 0)
+    errors: list[BaseException] = []
+
+    def step(slot: int) -> None:
+        stream = lockstep.stream(slot)
+        cache = stream.new_cache()
+        try:
+            stream.forward(cache, [5])
+        except ZeroDivisionError as exc:
+            errors.append(exc)
+        finally:
+            lockstep.leave(slot)
+
+    for _ in range(2):
+        lockstep.join()
+    threads = [threading.Thread(target=step, args=(slot,)) for slot in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(t.is_alive() for t in threads) and len(errors) == 2

@@ -98,8 +98,13 @@ class Lockstep:
 
     def _run_if_complete(self) -> None:
         if self._pending and len(self._pending) >= self._active:
+            requests = list(self._pending)
             try:
                 self._run_round()
+            except BaseException as exc:  # never leave a waiting stream waiting for ever
+                for request in requests:
+                    if not request.done:
+                        request.error, request.done = exc, True
             finally:
                 self._cond.notify_all()
 
