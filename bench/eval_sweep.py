@@ -29,6 +29,10 @@ CONFIGS: dict[str, list[str]] = {
     "ex4-spans": ["--examples", "{train}", "--shots", "4", "--spans", "all"],
     "sim4": ["--examples", "{train}", "--shots", "4", "--select", "similar", "--spans", "none"],
     "sim4-spans": ["--examples", "{train}", "--shots", "4", "--select", "similar", "--spans", "all"],
+    "sim8": ["--examples", "{train}", "--shots", "8", "--select", "similar", "--spans", "none"],
+    "sim16": ["--examples", "{train}", "--shots", "16", "--select", "similar", "--spans", "none"],
+    "sim8-likely": ["--examples", "{train}", "--shots", "8", "--select", "similar", "--spans", "none",
+                    "--choose", "likely"],
     # The chat-turn prompt on the base model (its own is the document style): a copy of the model folder
     # that declares prompt_style "chat" (made by chat_style_model below).
     "sim4-chat": ["-m", "{chat}", "--examples", "{train}", "--shots", "4", "--select", "similar",
