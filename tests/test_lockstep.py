@@ -61,10 +61,10 @@ def _records(tiny_model_dir: Path, streams: int, **config: Any) -> list[str]:
             for _, outcome in outcomes(sources, options, build_extractor, 1)]
 
 
-@pytest.mark.parametrize("config", [{}, {"choose": "likely"}, {"max_tokens": 24}])
+@pytest.mark.parametrize("config", [{}, {"choose": "likely"}, {"speculate": 4}, {"max_tokens": 24}])
 def test_records_are_byte_identical_to_one_at_a_time(tiny_model_dir: Path, config: dict[str, Any]) -> None:
-    """Plain, likelihood choices (forward_all runs in the rounds), and failures (a spent budget: the
-    stream leaves early and the others go on)."""
+    """Plain, likelihood choices and speculation (forward_all runs in the rounds), and failures (a spent
+    budget: the stream leaves early and the others go on)."""
     serial = _records(tiny_model_dir, 1, **config)
     assert _records(tiny_model_dir, 3, **config) == serial
     if config.get("max_tokens") == 24:
