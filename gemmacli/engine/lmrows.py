@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gemmacli.errors import ModelError
+from gemmacli.files import write_atomically
+from gemmacli.models.store import sha256_file
 
 LM_HEAD_FILE = "lm_head.onnx"
 
@@ -94,7 +96,7 @@ def read_layout(path: Path, cache: Path | None = None) -> dict[str, Any]:
     Reading it needs the `onnx` package, whose import alone is ~0.6 s of a cold `extract`: with `cache`,
     the layout is kept there under the graph file's sha256 (small inline tensors as .npy beside it) and
     read back next time. A cache that cannot be read or written is passed over."""
-    key = hashlib.sha256(path.read_bytes()).hexdigest() if cache is not None and path.is_file() else None
+    key = sha256_file(path) if cache is not None and path.is_file() else None
     if cache is not None and key is not None:
         try:
             layout = json.loads((cache / f"{key}.json").read_text(encoding="utf-8"))
@@ -137,19 +139,13 @@ def _layout(path: Path) -> dict[str, Any]:
 
 def _store_layout(cache: Path, key: str, layout: dict[str, Any]) -> None:
     """Inline arrays first, the JSON last (it says the rest is whole)."""
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        stored: dict[str, Any] = {**layout, "tensors": {}}
+    stored: dict[str, Any] = {**layout, "tensors": {}}
+    with contextlib.suppress(OSError):  # a read-only or full cache: the next run reads the layout again
         for role, entry in layout["tensors"].items():
             if "array" in entry:
-                name = f"{key}.{role}.npy"
-                partial = cache / f"{name}.{os.getpid()}.partial.npy"
-                np.save(partial, entry["array"])
-                os.replace(partial, cache / name)
+                name, data = f"{key}.{role}.npy", io.BytesIO()
+                np.save(data, entry["array"])
+                write_atomically(cache / name, data.getvalue(), make_parents=True)
                 entry = {"npy": name}
             stored["tensors"][role] = entry
-        partial = cache / f"{key}.json.{os.getpid()}.partial"
-        partial.write_text(json.dumps(stored), encoding="utf-8")
-        os.replace(partial, cache / f"{key}.json")
-    except OSError:
-        pass
+        write_atomically(cache / f"{key}.json", json.dumps(stored).encode("utf-8"), make_parents=True)

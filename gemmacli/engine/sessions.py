@@ -3,7 +3,7 @@ graph optimizations, and a graph edited in memory (gemmacli.engine.runtime.Model
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -13,6 +13,8 @@ from typing import Any
 import onnxruntime as ort
 
 from gemmacli.errors import ModelError
+from gemmacli.files import write_atomically
+from gemmacli.models.store import sha256_file
 
 PRESENT_PREFIX = "present"
 
@@ -70,7 +72,7 @@ def read_decoder_graph(path: Path, cache: Path | None = None) -> DecoderGraph:
     With `cache` (a folder), both are kept there under the graph file's sha256 and read back next time:
     reading them needs the `onnx` package, whose import alone is ~0.6 s of a ~3.6 s cold `extract`
     (measured here). A cache that cannot be read or written is passed over."""
-    key = hashlib.sha256(path.read_bytes()).hexdigest() if cache is not None and path.is_file() else None
+    key = sha256_file(path) if cache is not None and path.is_file() else None
     if cache is not None and key is not None:
         cached = _cached_graph(cache, key)
         if cached is not None:
@@ -92,20 +94,11 @@ def _cached_graph(cache: Path, key: str) -> DecoderGraph | None:
 
 def _store_graph(cache: Path, key: str, graph: DecoderGraph) -> None:
     """Write the edited graph, then its fields (the fields last: they say the graph is whole)."""
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
+    fields = {"shared_kv": graph.shared_kv, "window": graph.window, "all_hidden": graph.all_hidden}
+    with contextlib.suppress(OSError):  # a read-only or full cache: the next run reads the graph again
         if graph.edited is not None:
-            _write_atomically(cache / f"{key}.onnx", graph.edited)
-        fields = {"shared_kv": graph.shared_kv, "window": graph.window, "all_hidden": graph.all_hidden}
-        _write_atomically(cache / f"{key}.json", json.dumps(fields).encode("utf-8"))
-    except OSError:
-        pass
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, target)
+            write_atomically(cache / f"{key}.onnx", graph.edited, make_parents=True)
+        write_atomically(cache / f"{key}.json", json.dumps(fields).encode("utf-8"), make_parents=True)
 
 
 def _edited_graph(path: Path) -> DecoderGraph:
