@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from gemmacli.engine.protocols import can_rewind_runs
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -67,8 +69,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def can_score(model: Any, cache: Any, longest: int) -> bool:
     """Whether the model can run a candidate and take it back (runtime.Model's forward_all and rewind)."""
-    needed = ("forward_all", "rewind", "can_rewind")
-    return all(callable(getattr(model, n, None)) for n in needed) and model.can_rewind(cache, longest)
+    return can_rewind_runs(model) and bool(model.can_rewind(cache, longest))
 
 
 def best_candidate(model: Any, cache: Any, hidden: np.ndarray,

@@ -67,3 +67,9 @@ class DecoderTokenizer(Protocol):
     def tokenize_str(self, text: str) -> list[int]: ...
 
     def decode_bytes(self, tokens: list[int]) -> bytes: ...
+
+
+def can_rewind_runs(model: Any) -> bool:
+    """Whether the model can run several tokens keeping every position and then take some back
+    (runtime.Model's forward_all, can_rewind and rewind): what speculation and the likelihood choice need."""
+    return all(callable(getattr(model, name, None)) for name in ("forward_all", "can_rewind", "rewind"))

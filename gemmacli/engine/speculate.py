@@ -26,6 +26,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gemmacli.engine.protocols import can_rewind_runs
+
 #: Most draft tokens fed with one run. A run of 1 + 8 tokens cost ~1.3x a run of one here (270m, 2 cores).
 DRAFT_TOKENS = 8
 #: Longest and shortest suffix of the output looked up in the prompt. One token alone (`"`, `,`) matches
@@ -158,7 +160,6 @@ class Speculation:
 
 def speculation_for(model: Any, cache: Any, most: int, context: Sequence[int]) -> Speculation | None:
     """A Speculation when it is on (`most` > 0) and the model can verify drafts (forward_all, rewind)."""
-    if most <= 0 or not all(callable(getattr(model, name, None)) for name in ("forward_all", "can_rewind",
-                                                                                "rewind")):
+    if most <= 0 or not can_rewind_runs(model):
         return None
     return Speculation(model, cache, context, most=most)
