@@ -65,7 +65,6 @@ class Lockstep:
         self._active = 0
         self._pending: list[_Request] = []
         self._cond = threading.Condition()
-        self.rounds = self.batched_steps = 0  # counters for benchmarks
 
     def stream(self, slot: int) -> StreamModel:
         """The model facade of stream `slot` (0 <= slot < streams): one thread uses it at a time."""
@@ -98,9 +97,9 @@ class Lockstep:
 
     def _run_if_complete(self) -> None:
         if self._pending and len(self._pending) >= self._active:
-            requests = list(self._pending)
+            requests, self._pending = self._pending, []
             try:
-                self._run_round()
+                self._run_round(requests)
             except BaseException as exc:  # never leave a waiting stream waiting for ever
                 for request in requests:
                     if not request.done:
@@ -110,10 +109,8 @@ class Lockstep:
 
     # ------------------------------------------------------------------------------------ the rounds
 
-    def _run_round(self) -> None:
+    def _run_round(self, requests: list[_Request]) -> None:
         """Every stream is waiting: run what they asked for, batched where it can be."""
-        requests, self._pending = self._pending, []
-        self.rounds += 1
         steps = [r for r in requests if r.kind == "step"]
         if len(steps) > 1 and all(self._attached(r) for r in steps):
             self._guarded(steps, self._batched_steps)
@@ -141,9 +138,9 @@ class Lockstep:
     def _attached(self, request: _Request) -> bool:
         """Whether the request's cache is still its row of the shared buffers (a document longer than the
         rows grows its own copy, KVCache.reserve, and then runs alone)."""
-        cache = request.cache
+        cache = request.cache  # a grown copy is a new allocation: a bounds check tells it apart, cheaply
         return cache is not None and all(
-            np.shares_memory(cache.values[name], self.buffers[name]) for name in self.buffers)
+            np.may_share_memory(cache.values[name], self.buffers[name]) for name in self.buffers)
 
     def _alone_step(self, requests: Sequence[_Request]) -> None:
         (request,) = requests
@@ -190,7 +187,6 @@ class Lockstep:
             logits = self.model.logits_rows(np.stack([r.result for r in prefetch]))
             for request, row in zip(prefetch, logits, strict=True):
                 request.logits = row
-        self.batched_steps += 1
 
     def _window_rows(self, slot: int) -> dict[str, np.ndarray]:
         return {name: buf[slot].copy() for name, buf in self.buffers.items() if name not in self.growable}
