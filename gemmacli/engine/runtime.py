@@ -140,7 +140,8 @@ class Model:
             self._lm_binding.bind_ortvalue_input(self._lm_head_input,
                                                  ort.OrtValue.ortvalue_from_numpy(self._lm_input))
         self._rows: _LmHeadRows | None = None
-        self._batch_bindings: dict[int, Any] = {}  # forward_batch's binding, for its buffers
+        # forward_batch's binding, with the buffers it binds (a run with others binds afresh)
+        self._batch_binding: tuple[dict[str, np.ndarray], Any] | None = None
 
     @classmethod
     def load(cls, ref: str | Path, *, threads: int | None = None, spin: bool = False,
@@ -393,20 +394,15 @@ class Model:
         returns (the same kernels, row by row; checked in tests). Each sequence's new row is written at its
         own position; the caller advances the lengths it keeps."""
         count = len(token_ids)
-        binding = self._batch_bindings.get(id(buffers))
-        if binding is None:
+        if self._batch_binding is None or self._batch_binding[0] is not buffers:
             binding = self._decoder.io_binding()
             for present, past in self._past_for_present.items():
                 value = ort.OrtValue.ortvalue_from_numpy(buffers[past])
                 binding.bind_ortvalue_input(past, value)
                 binding.bind_ortvalue_output(present, value)
-            self._batch_bindings = {id(buffers): (binding, buffers)}  # the arrays stay alive with it
-        else:
-            binding = binding[0]
-        total = max(lengths) + 1
-        mask = np.zeros((count, total), dtype=np.int64)
-        for row, length in enumerate(lengths):
-            mask[row, : length + 1] = 1
+            self._batch_binding = (buffers, binding)
+        binding = self._batch_binding[1]
+        mask = (np.arange(max(lengths) + 1) <= np.asarray(lengths)[:, None]).astype(np.int64)
         binding.bind_cpu_input("input_ids", np.asarray(token_ids, dtype=np.int64).reshape(count, 1))
         if self._has_mask:
             binding.bind_cpu_input("attention_mask", mask)
@@ -423,7 +419,7 @@ class Model:
     @property
     def window(self) -> int | None:
         """Rows of a window layer's cache buffer (its attention window), None without window layers."""
-        return self._window
+        return self._window if self._window >= 0 else None
 
     def generate_greedy(self, prompt_ids: Sequence[int], max_new_tokens: int,
                         stop_ids: Sequence[int] | None = None) -> list[int]:
