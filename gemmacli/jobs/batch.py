@@ -77,11 +77,11 @@ class ExtractorLike(Protocol):
 ExtractorFactory = Callable[[ExtractOptions], ExtractorLike]
 
 
-def build_extractor(options: ExtractOptions) -> ExtractorLike:
-    """The real factory: load the model and compile the schema once for this process."""
+def build_extractor(options: ExtractOptions, model: Any = None) -> ExtractorLike:
+    """The real factory: load the model (or use `model`, a loaded one) and compile the schema once."""
     from gemmacli.engine.extractor import Extractor
 
-    return Extractor(options.schema, model=options.model, config=options.config,
+    return Extractor(options.schema, model=options.model if model is None else model, config=options.config,
                      warn=_ignore_warning)  # the CLI reports --lenient warnings once, before the batch
 
 

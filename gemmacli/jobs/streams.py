@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from gemmacli.jobs.batch import ExtractOptions, Outcome, process_source
+from gemmacli.jobs.batch import ExtractOptions, Outcome, build_extractor, process_source
 from gemmacli.jobs.inputs import Source
 from gemmacli.jobs.progress import ProgressReporter
 
@@ -22,14 +22,12 @@ def stream_outcomes(sources: Sequence[Source], options: ExtractOptions, progress
     """(source, outcome) in input order, `streams` documents decoded together."""
     if not sources:
         return
-    from gemmacli.engine.extractor import Extractor
     from gemmacli.engine.lockstep import Lockstep
     from gemmacli.engine.runtime import Model
 
     count = min(streams, len(sources))
     lockstep = Lockstep(Model.load(options.model, threads=options.config.threads), count)
-    extractors = [Extractor(options.schema, model=lockstep.stream(slot), config=options.config,
-                            warn=_ignore_warning) for slot in range(count)]
+    extractors = [build_extractor(options, lockstep.stream(slot)) for slot in range(count)]
     free: queue.SimpleQueue[int] = queue.SimpleQueue()
     for slot in range(count):
         free.put(slot)
@@ -62,6 +60,3 @@ def stream_outcomes(sources: Sequence[Source], options: ExtractOptions, progress
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
-
-def _ignore_warning(_message: str) -> None:
-    return None  # the CLI reports --lenient warnings once, before the batch
