@@ -70,7 +70,6 @@ class JsonLexer:
         self.array_items: list[tuple[int, bytes]] = []
         self._awaiting_value = False  # after `:`, `[` or an array's `,`: the next bytes start a value
         self._value: bytearray | None = None  # the scalar value being written, from its first byte
-        self._string_is_value = False
         self._key = ""  # the latest object key, until its `:`
 
     def feed(self, data: bytes) -> None:
@@ -112,11 +111,10 @@ class JsonLexer:
         if self.in_string:
             if self._containers[-1:] == [0x5B]:
                 self.array_items.append((self.depth, bytes(self._string)))
-            if not self._string_is_value:
+            if self._value is None:  # a string that is no value: an object key
                 self._key = self._string.decode("utf-8", errors="replace")
             self._value = None
         else:
-            self._string_is_value = self._awaiting_value
             self._value = bytearray(b'"') if self._awaiting_value else None
             self._awaiting_value = False
         self.in_string = not self.in_string
