@@ -77,7 +77,9 @@ def test_output_validates_and_counts_add_up(model: Any, name: str) -> None:
     assert result.model_calls <= result.generated_tokens + 2  # + head prefill, text prefill
 
 
-def test_batch_reuses_the_prompt_head_and_stays_byte_identical(model: Any) -> None:
+def test_batch_reuses_the_prompt_head_and_stays_byte_identical(model: Any, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no head kept on disk by another test
     extractor = Extractor(FIVE, model=model, max_tokens=160)
     first, second, third = (extractor.extract(TEXT) for _ in range(3))
     assert first.text == second.text == third.text == run(model, FIVE).text

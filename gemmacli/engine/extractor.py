@@ -39,6 +39,7 @@ from gemmacli.engine.grammar import (
     lark_grammar,
     new_matcher,
 )
+from gemmacli.engine.headcache import head_store
 from gemmacli.engine.likely import LikelyChoice
 from gemmacli.engine.prompt import Prompt, count_tokens, encode_prompt
 from gemmacli.engine.spans import has_spans, span_grammar
@@ -124,6 +125,9 @@ class Extractor:
                                      repeat_guard=self.config.repeat_guard, speculate=self.config.speculate)
         self._matcher: Any = None
         self._prefix: tuple[tuple[int, ...], Any] | None = None  # head ids -> KV cache after them
+        # and kept on disk for the next process (a shell pipe runs one document per process)
+        self._heads = (head_store(self.model, threads=getattr(self.model, "threads", None))
+                       if self.config.prefix_cache else None)
 
     # Kept as attributes: batch and benchmark code read them.
     @property
@@ -216,20 +220,36 @@ class Extractor:
         """
         model = self.model
         head, body = tuple(prompt.ids[: prompt.prefix_len]), prompt.ids[prompt.prefix_len:]
-        calls, seconds = 0, 0.0
+        calls = 0
         t0 = time.perf_counter()
-        if self._prefix is not None and self._prefix[0] == head:
-            adopt = getattr(model, "adopt_cache", None)  # a lockstep stream keeps it in its own row
-            cache = adopt(self._prefix[1]) if adopt is not None else self._prefix[1].copy()
-        else:
+        cache = self._cached_head(head)
+        if cache is None:
             cache = model.new_cache()
             if head:
                 model.forward(cache, list(head))
                 calls += 1
-                if self.config.prefix_cache and callable(getattr(cache, "copy", None)):
-                    self._prefix = (head, cache.copy())
+                self._keep_head(head, cache)
         hidden = model.forward(cache, body)
-        return cache, hidden, calls + 1, seconds + time.perf_counter() - t0
+        return cache, hidden, calls + 1, time.perf_counter() - t0
+
+    def _cached_head(self, head: tuple[int, ...]) -> Any:
+        """A copy of the head's KV cache kept by an earlier document, or by an earlier process (on disk,
+        gemmacli.engine.headcache); None: prefill it."""
+        if not self.config.prefix_cache or not head:
+            return None
+        if self._prefix is None or self._prefix[0] != head:
+            kept = self._heads.load(self.model, head) if self._heads is not None else None
+            if kept is None:
+                return None
+            self._prefix = (head, kept)
+        adopt = getattr(self.model, "adopt_cache", None)  # a lockstep stream keeps it in its own row
+        return adopt(self._prefix[1]) if adopt is not None else self._prefix[1].copy()
+
+    def _keep_head(self, head: tuple[int, ...], cache: Any) -> None:
+        if self.config.prefix_cache and callable(getattr(cache, "copy", None)):
+            self._prefix = (head, cache.copy())
+            if self._heads is not None:
+                self._heads.save(head, cache)
 
     def extract(self, text: str) -> ExtractionResult:
         """One document -> one validated JSON value; ExtractionFailed (exit 1) otherwise."""

@@ -149,6 +149,11 @@ class Model:
         return cls(store.resolve_model(ref, environ), threads=threads, spin=spin, grouped_only=grouped_only)
 
     @property
+    def shares_cache_buffers(self) -> bool:
+        """True for a GroupQueryAttention graph: a KVCache's values are numpy buffers written in place."""
+        return self._shared_kv
+
+    @property
     def sha256(self) -> str:
         """The decoder graph's hash from the manifest ('' without one): identifies the weights in records."""
         return str(self.manifest.get("files", {}).get(DECODER_FILE, {}).get("sha256", ""))
