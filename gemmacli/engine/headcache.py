@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import platform
-import zipfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +40,8 @@ if TYPE_CHECKING:
 HEAD_CACHE_BYTES = 1 << 30
 #: Heads shorter than this are prefilled afresh: reading a file costs more than the run it saves.
 MIN_HEAD_TOKENS = 64
-_SUFFIX = ".npz"
+_SUFFIX = ".kv"
+MAGIC = b"gemmacli-head-kv-1\n"
 
 
 def head_store(model: Any, *, threads: int | None) -> HeadStore | None:
@@ -102,9 +101,8 @@ class HeadStore:
             return None
         path = self.path(head)
         try:
-            with np.load(path, allow_pickle=False) as entry:
-                cache = _restore(model.new_cache(), dict(entry.items()), head)
-        except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile):
+            cache = _restore(model.new_cache(), path.read_bytes(), head)
+        except (OSError, ValueError, KeyError, TypeError):
             return None
         if cache is not None:
             with contextlib.suppress(OSError):
@@ -115,11 +113,8 @@ class HeadStore:
         """Keep the cache after the head's prefill; a cache folder that cannot be written is passed over."""
         if len(head) < MIN_HEAD_TOKENS:
             return
-        arrays: dict[str, Any] = _arrays(cache, head)  # Any: savez types its keywords as allow_pickle's
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
         with contextlib.suppress(OSError):
-            write_atomically(self.path(head), buffer.getvalue(), make_parents=True)
+            write_atomically(self.path(head), _entry(cache, head), make_parents=True)
             self._trim()
 
     def _trim(self) -> None:
@@ -138,36 +133,48 @@ class HeadStore:
                 total -= size
 
 
-def _arrays(cache: KVCache, head: Sequence[int]) -> dict[str, np.ndarray]:
-    """The entry's arrays: each buffer's filled rows (a window layer's whole ring), the ids and a CRC."""
-    arrays: dict[str, np.ndarray] = {}
+def _entry(cache: KVCache, head: Sequence[int]) -> bytes:
+    """MAGIC, the header's length (8 bytes), the header (JSON: ids, each buffer's shape, the CRC), then each
+    buffer's filled rows (a window layer's whole ring) in name order. One read and no copies but the last:
+    numpy's .npz took 0.66 s to read 18 MB here."""
+    rows = [_filled(cache, name) for name in sorted(cache.values)]
     crc = 0
-    for index, name in enumerate(sorted(cache.values)):
-        buf = cache.values[name]
-        rows = buf[:, :, : cache.length] if name in cache.growable else buf
-        arrays[f"kv{index}"] = np.ascontiguousarray(rows)
-        crc = zlib.crc32(arrays[f"kv{index}"].data, crc)
-    arrays["ids"] = np.asarray(head, dtype=np.int64)
-    arrays["crc"] = np.asarray([crc], dtype=np.uint32)
-    return arrays
+    for block in rows:
+        crc = zlib.crc32(block.data, crc)
+    header = json.dumps({"ids": [int(i) for i in head], "shapes": [list(b.shape) for b in rows],
+                         "crc": crc}).encode("utf-8")
+    return b"".join([MAGIC, len(header).to_bytes(8, "little"), header, *(b.tobytes() for b in rows)])
 
 
-def _restore(cache: KVCache, arrays: dict[str, np.ndarray], head: Sequence[int]) -> KVCache | None:
+def _filled(cache: KVCache, name: str) -> np.ndarray:
+    buf = cache.values[name]
+    return np.ascontiguousarray(buf[:, :, : cache.length] if name in cache.growable else buf)
+
+
+def _restore(cache: KVCache, entry: bytes, head: Sequence[int]) -> KVCache | None:
     """`cache` (new, empty) filled from an entry, or None when the entry is not this head's or is damaged."""
-    ids = arrays["ids"]
-    if ids.shape != (len(head),) or not np.array_equal(ids, np.asarray(head, dtype=np.int64)):
+    if not entry.startswith(MAGIC):
         return None
-    length = len(head)
+    start = len(MAGIC) + 8
+    size = int.from_bytes(entry[len(MAGIC): start], "little")
+    header = json.loads(entry[start: start + size])
+    if header["ids"] != [int(i) for i in head]:
+        return None
+    length, offset, crc = len(head), start + size, 0
     cache.reserve(length)
-    crc = 0
-    for index, name in enumerate(sorted(cache.values)):
-        saved, buf = arrays[f"kv{index}"], cache.values[name]
+    names = sorted(cache.values)
+    if len(header["shapes"]) != len(names):
+        return None
+    for name, shape in zip(names, header["shapes"], strict=True):
+        buf = cache.values[name]
         target = buf[:, :, :length] if name in cache.growable else buf
-        if saved.shape != target.shape or saved.dtype != buf.dtype:
+        if list(target.shape) != shape or offset + target.nbytes > len(entry):
             return None
-        crc = zlib.crc32(np.ascontiguousarray(saved).data, crc)
-        target[...] = saved
-    if int(arrays["crc"][0]) != crc:
+        block = memoryview(entry)[offset: offset + target.nbytes]
+        crc = zlib.crc32(block, crc)
+        target[...] = np.frombuffer(block, dtype=buf.dtype).reshape(target.shape)
+        offset += target.nbytes
+    if crc != header["crc"] or offset != len(entry):
         return None
     cache.length = length
     return cache

@@ -55,12 +55,13 @@ import ctypes
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from gemmacli.engine.bpe import load_tokenizer
 from gemmacli.engine.kvcache import KVCache as KVCache  # re-exported: the runtime's cache type
 from gemmacli.engine.kvcache import _CacheBinding
 from gemmacli.engine.lmrows import LmHeadRows as _LmHeadRows
@@ -469,8 +470,10 @@ def _ortvalue(array: np.ndarray, meta: Any) -> ort.OrtValue:
 
 
 def _load_tokenizer(path: Path) -> Tokenizer:
+    """The model's tokenizer: Gemma's from its cached BPE table (gemmacli.engine.bpe: 0.2 s instead of
+    1.1 s), any other read by `tokenizers`."""
     try:
-        return Tokenizer.from_file(str(path))
+        return cast(Tokenizer, load_tokenizer(path))
     except FileNotFoundError as exc:
         raise ModelError(f"{path} is missing", hint=f"gemmacli model verify {path.parent}") from exc
     except Exception as exc:

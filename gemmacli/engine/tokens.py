@@ -52,8 +52,10 @@ def is_gemma_structure(tokenizer_json: str) -> bool:
     if at < 0:
         return False
     start = at + len('"decoder":')
-    try:
-        decoder, _ = json.JSONDecoder().raw_decode(tokenizer_json[start:].lstrip())
+    while start < len(tokenizer_json) and tokenizer_json[start].isspace():
+        start += 1
+    try:  # decoded in place: a slice of the file would copy its megabytes
+        decoder, _ = json.JSONDecoder().raw_decode(tokenizer_json, start)
     except ValueError:
         return False
     if not isinstance(decoder, dict) or decoder.get("type") != "Sequence":
@@ -215,15 +217,14 @@ def prepare(folder: Path, environ: Mapping[str, str] | None = None) -> str:
     before)."""
     import hashlib
 
-    from tokenizers import Tokenizer
-
+    from gemmacli.engine.bpe import load_tokenizer
     from gemmacli.engine.grammar import tokenizer_size
     from gemmacli.models.store import ModelConfig
 
     config = ModelConfig.from_folder(folder)
     path = Path(folder) / "tokenizer.json"
     text = path.read_text(encoding="utf-8")
-    encoder = Tokenizer.from_file(str(path))
+    encoder = load_tokenizer(path, cache=cache_home(environ) / "bpe")  # and stores its BPE table
     n_vocab = max(config.vocab_size, tokenizer_size(encoder))  # as TokenizerBuild sizes it
     _, how = build(text, hashlib.sha256(text.encode("utf-8")).hexdigest(), n_vocab,
                    list(config.eos_token_ids), encoder=encoder, bos=config.bos_token_id,
