@@ -160,32 +160,43 @@ def _added_pattern(added: dict[str, int]) -> re.Pattern[str]:
 
 def table_from_json(data: dict[str, Any]) -> BpeTable | None:
     """The table of a parsed tokenizer.json built as Gemma's is, else None (then tokenizers encodes)."""
-    model = data.get("model") or {}
-    added_tokens = data.get("added_tokens") or []
-    if not (_is_gemma_normalizer(data.get("normalizer")) and _is_space_split(data.get("pre_tokenizer"))
-            and model.get("type") == "BPE" and model.get("byte_fallback") is True
-            and model.get("dropout") is None and not model.get("continuing_subword_prefix")
-            and not model.get("end_of_word_suffix") and not model.get("ignore_merges")
-            and all(not (t.get("normalized") or t.get("lstrip") or t.get("rstrip") or t.get("single_word"))
-                    for t in added_tokens)):
+    if not _built_as_gemmas(data):
         return None
+    model = data["model"]
     vocab: dict[str, int] = model.get("vocab") or {}
-    added = {t["content"]: int(t["id"]) for t in added_tokens}
+    added = {t["content"]: int(t["id"]) for t in data.get("added_tokens") or []}
     byte_ids = [vocab.get(f"<0x{b:02X}>") for b in range(256)]
     bos = _bos(data.get("post_processor"), {**vocab, **added})
-    if any(i is None for i in byte_ids) or bos is False or any(_SEPARATOR in t for t in (*vocab, *added)) \
-            or max((*vocab.values(), *added.values()), default=0) > _MASK:
+    every = (*vocab.values(), *added.values())
+    if None in byte_ids or bos is False or any(_SEPARATOR in t for t in (*vocab, *added)) \
+            or max(every, default=0) > _MASK:
         return None
-    merges = {}
-    for rank, pair in enumerate(model.get("merges") or []):
-        left, right = pair if isinstance(pair, list) else pair.split(" ", 1)
-        key = vocab[left] << _SHIFT | vocab[right]
-        if key not in merges:  # tokenizers keeps the first rank of a pair listed twice
-            merges[key] = rank << _SHIFT | vocab[left + right]
     chars = {t: i for t, i in vocab.items() if len(t) == 1}
-    size = max((*vocab.values(), *added.values())) + 1
-    return BpeTable(chars, merges, added, [int(i) for i in byte_ids if i is not None],
-                    bos if isinstance(bos, int) else None, size)
+    return BpeTable(chars, _merges(model.get("merges") or [], vocab), added,
+                    [int(i) for i in byte_ids if i is not None], bos if isinstance(bos, int) else None,
+                    max(every) + 1)
+
+
+def _built_as_gemmas(data: dict[str, Any]) -> bool:
+    """Gemma's normalizer and pre-tokenizer, a plain BPE with byte fallback, added tokens matched as
+    written: what BpeTable.encode does, and nothing it does not."""
+    model = data.get("model") or {}
+    plain_bpe = (model.get("type") == "BPE" and model.get("byte_fallback") is True
+                 and model.get("dropout") is None and not model.get("continuing_subword_prefix")
+                 and not model.get("end_of_word_suffix") and not model.get("ignore_merges"))
+    as_written = all(not (t.get("normalized") or t.get("lstrip") or t.get("rstrip") or t.get("single_word"))
+                     for t in data.get("added_tokens") or [])
+    return (plain_bpe and as_written and _is_gemma_normalizer(data.get("normalizer"))
+            and _is_space_split(data.get("pre_tokenizer")))
+
+
+def _merges(pairs: list[Any], vocab: dict[str, int]) -> dict[int, int]:
+    """left << 20 | right -> rank << 20 | merged id, from the file's merges (pairs, or "a b" strings)."""
+    merges = {}
+    for rank, pair in enumerate(pairs):
+        left, right = pair if isinstance(pair, list) else pair.split(" ", 1)
+        merges[vocab[left] << _SHIFT | vocab[right]] = rank << _SHIFT | vocab[left + right]
+    return merges
 
 
 def _is_gemma_normalizer(normalizer: Any) -> bool:
