@@ -261,6 +261,52 @@ def test_quantized_import_is_a_complete_model(precision: str, tiny_gguf: Path,
     assert len(model.generate_greedy(prompt_ids, 12, stop_ids=[])) == 12
 
 
+def test_qgemm_import_multiplies_the_norm_fed_projections_in_integers(tiny_gguf: Path, tmp_path: Path,
+                                                                      tiny_imports: dict[str, Path]) -> None:
+    """--qgemm: qkv, gate and up as MatMulInteger (int8 columns x int8 rows), the rest as `auto` makes them;
+    the model stays as close to fp32 as the int8 import."""
+    folder = import_fresh(tiny_gguf, tmp_path / "qgemm", precision="auto", qgemm=True)
+    manifest = store.verify_model(folder)
+    assert manifest["quantization"]["qgemm"] is True
+    recorded = recorded_bits(manifest)
+    integer = {name for name in recorded if name.endswith("/MatMulInteger")}
+    assert integer and all(name.split("/")[-2] in ("qkv_proj", "gate_proj", "up_proj") for name in integer)
+    assert len(integer) == 3 * sum(1 for name in recorded if name.endswith("down_proj/MatMulNBits"))
+    model, fp32 = Model.load(folder, threads=1), Model.load(tiny_imports["fp32"], threads=1)
+    prompt_ids = model.tokenizer.encode(TINY_PROMPTS[1]).ids
+    hidden = model.forward(model.new_cache(), prompt_ids)
+    exact = fp32.forward(fp32.new_cache(), prompt_ids)
+    assert float(hidden @ exact / np.linalg.norm(hidden) / np.linalg.norm(exact)) > 0.99
+    assert len(model.generate_greedy(prompt_ids, 12, stop_ids=[])) == 12
+
+
+def test_an_integer_projection_treats_every_row_alone(tiny_gguf: Path, tmp_path: Path) -> None:
+    """Each row is quantized with its own scale: a row's projection does not depend on the rows beside it
+    (with one scale for all, a large first-token row flattened the others)."""
+    import onnx
+    import onnxruntime as ort
+
+    folder = import_fresh(tiny_gguf, tmp_path / "qgemm", precision="auto", qgemm=True)
+    graph = onnx.load(str(folder / "model.onnx"))
+    first = next(n for n in graph.graph.node if n.op_type == "MatMulInteger")
+    tag = first.name.rsplit("/", 1)[0]
+    nodes = [n for n in graph.graph.node if n.name.startswith(f"{tag}/rows/") or n is first]
+    start, end = nodes[0].input[0], f"{tag}/output_0"
+    needed = {name for n in nodes for name in n.input}
+    weights = [i for i in graph.graph.initializer if i.name in needed]
+    width = next(i for i in weights if i.name.endswith(".weight_int8")).dims[0]
+    sub = onnx.helper.make_model(
+        onnx.helper.make_graph(nodes, "one projection", [onnx.helper.make_tensor_value_info(
+            start, onnx.TensorProto.FLOAT, [1, "rows", width])], [onnx.helper.make_tensor_value_info(
+                end, onnx.TensorProto.FLOAT, None)], weights), opset_imports=graph.opset_import)
+    session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+    rows = np.random.default_rng(1).normal(size=(1, 5, width)).astype(np.float32)
+    rows[0, 0] *= 1000  # an outsized row beside ordinary ones
+    together = session.run(None, {start: rows})[0]
+    alone = np.concatenate([session.run(None, {start: rows[:, i: i + 1]})[0] for i in range(5)], axis=1)
+    assert np.array_equal(together, alone)
+
+
 @pytest.mark.parametrize(("gguf_name", "kind", "expected"), [
     ("gemma-3-tiny-it", None, "instruct"),
     ("Gemma 3 Tiny", "instruct", "instruct"),
@@ -319,7 +365,7 @@ def test_bad_options_are_usage_errors(tmp_path: Path, tiny_gguf: Path) -> None:
 
 def test_cli_model_import(tmp_path: Path, tiny_gguf: Path) -> None:
     """`gemmacli model import FILE --name N`: stages on stderr, the folder on stdout, refuses to overwrite
-    without --force, and takes --precision, --kind and --out-dir."""
+    without --force, and takes --precision, --kind, --qgemm and --out-dir."""
     root = tmp_path / "store"
     environ = {"GEMMACLI_MODELS": str(root), "HOME": str(tmp_path), "NO_COLOR": "1"}
     result = run_cli(["model", "import", str(tiny_gguf), "--name", "tiny-gguf"], environ=environ)
@@ -348,6 +394,12 @@ def test_cli_model_import(tmp_path: Path, tiny_gguf: Path) -> None:
                          "--precision", "int4"], environ=environ)
     assert elsewhere.status == ExitStatus.OK, elsewhere.stderr
     assert store.verify_model(other / "b")["quantization"]["bits"] == 4
+    assert store.verify_model(other / "b")["quantization"]["qgemm"] is False
+
+    integer = run_cli(["model", "import", str(tiny_gguf), "--name", "q", "--out-dir", str(other), "--qgemm"],
+                      environ=environ)
+    assert integer.status == ExitStatus.OK, integer.stderr
+    assert store.verify_model(other / "q")["quantization"]["qgemm"] is True
 
 
 def test_cli_model_import_errors(tmp_path: Path) -> None:

@@ -39,11 +39,13 @@ class ImportOptions:
     precision: str = "auto"
     block_size: int = 32
     accuracy_level: int = 4
+    qgemm: bool = False  # builder.BuildOptions.qgemm (opt-in: bench/README.md, "Integer prefill")
     kind: str | None = None
     source: dict[str, Any] | None = None  # recorded as the manifest's source (default: the file)
 
     def build_options(self, context_length: int) -> builder.BuildOptions:
-        return builder.BuildOptions(self.precision, self.block_size, self.accuracy_level, context_length)
+        return builder.BuildOptions(self.precision, self.block_size, self.accuracy_level, context_length,
+                                    qgemm=self.qgemm)
 
 
 def import_model(gguf_path: Path, destination: Path, *, name: str | None = None, force: bool = False,
@@ -156,6 +158,8 @@ def _quantization(options: ImportOptions, decoder: list[str], head: list[str],
         "block_size": options.block_size, "symmetric": False,
         "method": "gemmacli.models.quant (blockwise asymmetric, MatMulNBits layout) of the de-quantized GGUF",
         "accuracy_level": {"model.onnx": options.accuracy_level, "lm_head.onnx": options.accuracy_level},
+        # the tensors listed as MatMulInteger:8 are int8 per column, their inputs int8 per row
+        "qgemm": options.qgemm,
         "tensors": {"model.onnx": decoder, "lm_head.onnx": head},
         "embedding": ("GatherBlockQuantized over the lm_head's quantized bytes (lm_head.onnx.data)"
                       if shared_embedding else "fp32 Gather"),
