@@ -64,6 +64,22 @@ def test_awkward_and_random_texts_encode_as_the_reference_does() -> None:
                 text, add_special_tokens=special).ids, repr(text)
 
 
+def test_decoding_is_the_references_on_every_shared_dataset_text_and_on_random_ids() -> None:
+    texts = _dataset_texts()
+    encoded = [e.ids for e in _reference().encode_batch(texts, add_special_tokens=True)]
+    for skip in (True, False):
+        reference = _reference().decode_batch(encoded, skip_special_tokens=skip)
+        assert [_table().decode(ids, skip) for ids in encoded] == reference
+    rng = random.Random(11)
+    byte_ids = _table().byte_ids
+    pool = [*byte_ids[0xC0:0xF8], *byte_ids[0x80:0xC0], *byte_ids[:0x80], *sorted(_table().special),
+            *range(_table().vocab_size - 7000, _table().vocab_size), *range(100, 3000)]
+    for _ in range(2000):  # byte runs that are not UTF-8, special and added tokens, unused ids
+        ids = [rng.choice(pool) for _ in range(rng.randint(1, 12))]
+        for skip in (True, False):
+            assert _table().decode(ids, skip) == _reference().decode(ids, skip_special_tokens=skip), ids
+
+
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     """(what a cache miss returns, the table it stored)."""

@@ -15,8 +15,9 @@ The file's algorithm is simple enough to run from a compact table instead:
 The table (characters, merges, added tokens) is kept under ${XDG_CACHE_HOME:-~/.cache}/gemmacli/bpe, keyed
 by the tokenizer file's sha256 and this module's format. It is written only after it has encoded probe
 texts exactly as the file read by `tokenizers` does (tests/test_bpe.py compares every shared dataset text
-with the reference tokenizer too). A file built otherwise, a cache miss and anything beyond encoding (decode,
-the vocabulary) go to `tokenizers` itself, loaded when first needed.
+with the reference tokenizer too); decoding ("▁" a space, <0xNN> runs their UTF-8 bytes) likewise. A file
+built otherwise, a cache miss and anything else (the vocabulary as a dict, added tokens' flags) go to
+`tokenizers` itself, loaded when first needed.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from gemmacli.files import write_atomically
 from gemmacli.models.store import cache_home
 
 #: Bumped when the table's layout or the encoding it describes changes: old tables are then not read.
-FORMAT = 1
+FORMAT = 2
 _SHIFT = 20  # a merge's pair key: left << 20 | right (ids below 2**20); its value: rank << 20 | new id
 _MASK = (1 << _SHIFT) - 1
 _SEPARATOR = "\x00"  # between the stored strings (a vocabulary holding it is not eligible)
@@ -63,13 +64,16 @@ class BpeTable:
     """The encoding half of a Gemma tokenizer.json (see the module docstring)."""
 
     def __init__(self, chars: dict[str, int], merges: dict[int, int], added: dict[str, int],
-                 byte_ids: list[int], bos: int | None, vocab_size: int) -> None:
+                 byte_ids: list[int], bos: int | None, pieces: list[str], special: frozenset[int]) -> None:
         self.chars = chars  # single characters in the vocabulary -> id
         self.merges = merges  # left << 20 | right -> rank << 20 | merged id
         self.added = added  # added token text -> id
         self.byte_ids = byte_ids  # <0xNN> ids, by byte
         self.bos = bos  # prepended with add_special_tokens (the post-processor), if any
-        self.vocab_size = vocab_size
+        self.pieces = pieces  # every token's text, by id ("" for an id the file does not use)
+        self.special = special  # added tokens flagged special: left out by decode
+        self.vocab_size = len(pieces)
+        self._byte_of = {i: b for b, i in enumerate(byte_ids)}
         self._added_at = _added_pattern(added)
         self._added_lengths = sorted({len(t) for t in added}, reverse=True)
 
@@ -108,6 +112,35 @@ class BpeTable:
             else:
                 ids.append(found)
         return _merge(ids, self.merges)
+
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """The text of `ids` as the file's decoder makes it: "▁" is a space, runs of <0xNN> tokens are
+        their bytes in UTF-8 (a run that is not valid UTF-8 is one U+FFFD per byte), special tokens are
+        left out unless asked for."""
+        out: list[str] = []
+        run = bytearray()
+        for i in ids:
+            if skip_special_tokens and i in self.special:
+                continue
+            byte = self._byte_of.get(i)
+            if byte is not None:
+                run.append(byte)
+                continue
+            if run:
+                out.append(_utf8_or_replacements(run))
+                run.clear()
+            out.append(self.pieces[i].replace("\u2581", " "))
+        if run:
+            out.append(_utf8_or_replacements(run))
+        return "".join(out)
+
+
+def _utf8_or_replacements(run: bytearray) -> str:
+    try:
+        return run.decode("utf-8")
+    except UnicodeDecodeError:
+        return "\ufffd" * len(run)
 
 
 def _merge(ids: list[int], merges: dict[int, int]) -> list[int]:
@@ -172,9 +205,13 @@ def table_from_json(data: dict[str, Any]) -> BpeTable | None:
             or max(every, default=0) > _MASK:
         return None
     chars = {t: i for t, i in vocab.items() if len(t) == 1}
+    pieces = [""] * (max(every) + 1)
+    for text, i in (*vocab.items(), *added.items()):
+        pieces[i] = text
+    special = frozenset(int(t["id"]) for t in data.get("added_tokens") or [] if t.get("special"))
     return BpeTable(chars, _merges(model.get("merges") or [], vocab), added,
                     [int(i) for i in byte_ids if i is not None], bos if isinstance(bos, int) else None,
-                    max(every) + 1)
+                    pieces, special)
 
 
 def _built_as_gemmas(data: dict[str, Any]) -> bool:
@@ -235,7 +272,9 @@ def _save(path: Path, table: BpeTable) -> None:
         "added": np.frombuffer(_SEPARATOR.join(table.added).encode("utf-8"), dtype=np.uint8),
         "added_ids": np.fromiter(table.added.values(), dtype=np.int64, count=len(table.added)),
         "byte_ids": np.asarray(table.byte_ids, dtype=np.int64),
-        "scalars": np.asarray([-1 if table.bos is None else table.bos, table.vocab_size], dtype=np.int64),
+        "pieces": np.frombuffer(_SEPARATOR.join(table.pieces).encode("utf-8"), dtype=np.uint8),
+        "special": np.asarray(sorted(table.special), dtype=np.int64),
+        "scalars": np.asarray([-1 if table.bos is None else table.bos], dtype=np.int64),
     }
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # type: ignore[arg-type]  # savez types its keywords as allow_pickle's
@@ -250,30 +289,39 @@ def _load(path: Path) -> BpeTable | None:
         chars = arrays["chars"].tobytes().decode("utf-8").split(_SEPARATOR)
         added = arrays["added"].tobytes().decode("utf-8").split(_SEPARATOR)
         char_ids, added_ids = arrays["char_ids"].tolist(), arrays["added_ids"].tolist()
-        bos, size = arrays["scalars"].tolist()
+        pieces = arrays["pieces"].tobytes().decode("utf-8").split(_SEPARATOR)
+        (bos,) = arrays["scalars"].tolist()
         if len(chars) != len(char_ids) or len(added) != len(added_ids) or arrays["byte_ids"].shape != (256,):
             return None
         merges = zip(arrays["merge_keys"].tolist(), arrays["merge_values"].tolist(), strict=True)
         return BpeTable(dict(zip(chars, char_ids, strict=True)), dict(merges),
                         dict(zip(added, added_ids, strict=True)), arrays["byte_ids"].tolist(),
-                        None if bos < 0 else bos, size)
+                        None if bos < 0 else bos, pieces, frozenset(arrays["special"].tolist()))
     except (OSError, ValueError, KeyError, EOFError, UnicodeDecodeError, zipfile.BadZipFile):
         return None
 
 
 def agrees(table: BpeTable, tokenizer: Any, texts: Sequence[str] = PROBES) -> bool:
     """The table encodes `texts` as `tokenizer` (a tokenizers.Tokenizer) does, with and without its
-    special tokens."""
-    return all(table.encode(text, special).ids == tokenizer.encode(text, add_special_tokens=special).ids
-               for text in texts for special in (False, True))
+    special tokens, and decodes those ids, and every single id, as it does."""
+    for text in texts:
+        for special in (False, True):
+            ids = tokenizer.encode(text, add_special_tokens=special).ids
+            if table.encode(text, special).ids != ids or any(
+                    table.decode(ids, skip) != tokenizer.decode(ids, skip_special_tokens=skip)
+                    for skip in (False, True)):
+                return False
+    return table.vocab_size == tokenizer.get_vocab_size(with_added_tokens=True) and all(
+        table.decode([i], False) == tokenizer.decode([i], skip_special_tokens=False)
+        for i in range(table.vocab_size))
 
 
 # ------------------------------------------------------------------------------------ the tokenizer
 
 
 class GemmaTokenizer:
-    """A Gemma tokenizer.json: `encode` from its table; everything else from `tokenizers`, loaded on first
-    use (decode only cuts over-long texts; the vocabulary is read when a token table is first built)."""
+    """A Gemma tokenizer.json: `encode` and `decode` from its table; anything else from `tokenizers`, loaded
+    on first use (the vocabulary, read when llguidance's token table is first built)."""
 
     def __init__(self, path: Path, table: BpeTable) -> None:
         self.path = path
@@ -291,7 +339,7 @@ class GemmaTokenizer:
         return found if found is not None else self.full.token_to_id(token)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return str(self.full.decode(list(ids), skip_special_tokens=skip_special_tokens))
+        return self.table.decode(ids, skip_special_tokens)
 
     def get_vocab(self, with_added_tokens: bool = True) -> dict[str, int]:
         return dict(self.full.get_vocab(with_added_tokens=with_added_tokens))

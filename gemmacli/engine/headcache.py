@@ -2,10 +2,10 @@
 
 A prompt's head (instruction, field guide, fixed worked examples) is the same for every document of a
 schema. Within a process the Extractor prefills it once and copies its KV cache per document; a shell pipe
-runs one document per process, so there the head's prefill was paid every time: ~1.1 s of a 3.9 s cold
-`gemmacli extract --schema contact` (its two worked examples make a head of ~900 tokens). HeadStore keeps
-the cache after that prefill under ${XDG_CACHE_HOME:-~/.cache}/gemmacli/heads, and the next process reads it
-back (~20 MB) instead.
+runs one document per process, so there the head's prefill was paid every time: 1.1 s of a 3.9 s cold
+`gemmacli extract --schema contact` (a 386-token head with its two worked examples, prefilled while
+llguidance builds its token table on the other core). HeadStore keeps the cache after that prefill under
+${XDG_CACHE_HOME:-~/.cache}/gemmacli/heads, and the next process reads it back (~20 MB) instead.
 
 Byte-identity: an entry is only read by a process that would have computed the same numbers. Its key
 covers the decoder graph's hash, onnxruntime's version, the thread count, the CPU (its model name and
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 #: Most bytes the folder keeps (an entry is ~20 KB per head token for Gemma 3 270M).
 HEAD_CACHE_BYTES = 1 << 30
+#: Bumped when the way a head is prefilled changes (today: one forward run of all its tokens): entries made
+#: the old way are then not read.
+PREFILL_WAY = 1
 #: Heads shorter than this are prefilled afresh: reading a file costs more than the run it saves.
 MIN_HEAD_TOKENS = 64
 _SUFFIX = ".kv"
@@ -62,7 +65,7 @@ def _identity(model: Model, threads: int | None) -> str:
     empty = model.new_cache()
     layout = sorted((name, list(buf.shape), str(buf.dtype), name in empty.growable)
                     for name, buf in empty.values.items())
-    parts = [model.sha256, ort.__version__, threads or 0, os.cpu_count() or 0, _cpu(), layout]
+    parts = [PREFILL_WAY, model.sha256, ort.__version__, threads or 0, os.cpu_count() or 0, _cpu(), layout]
     return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
 
 
