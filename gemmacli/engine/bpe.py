@@ -205,13 +205,18 @@ def table_from_json(data: dict[str, Any]) -> BpeTable | None:
             or max(every, default=0) > _MASK:
         return None
     chars = {t: i for t, i in vocab.items() if len(t) == 1}
-    pieces = [""] * (max(every) + 1)
-    for text, i in (*vocab.items(), *added.items()):
-        pieces[i] = text
     special = frozenset(int(t["id"]) for t in data.get("added_tokens") or [] if t.get("special"))
     return BpeTable(chars, _merges(model.get("merges") or [], vocab), added,
                     [int(i) for i in byte_ids if i is not None], bos if isinstance(bos, int) else None,
-                    pieces, special)
+                    _pieces([*vocab.items(), *added.items()]), special)
+
+
+def _pieces(tokens: list[tuple[str, int]]) -> list[str]:
+    """Every token's text by id ("" for an id no token has)."""
+    pieces = [""] * (max(i for _, i in tokens) + 1)
+    for text, i in tokens:
+        pieces[i] = text
+    return pieces
 
 
 def _built_as_gemmas(data: dict[str, Any]) -> bool:
