@@ -153,3 +153,24 @@ def test_graph_and_lm_head_layouts_are_read_back_from_the_cache(tiny_model_dir: 
     monkeypatch.undo()
     assert sessions.read_decoder_graph(tiny_model_dir / "model.onnx", cache) == graph
     assert (cache / f"{key}.json").read_text().startswith("{\"shared_kv\"")
+
+
+def test_the_lm_head_loads_on_a_thread_and_its_failure_reaches_the_caller(tiny_model_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    """The lm_head's session is built while the rest loads (gemmacli.engine.lmhead); a broken one is a
+    ModelError where its logits are first asked for, as a broken decoder is at load."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    model = Model.load(folder, threads=1)
+    hidden = model.forward(model.new_cache(), [2, 10, 11])
+    reference = Model.load(tiny_model_dir, threads=1)
+    assert np.array_equal(model.logits(hidden), reference.logits(hidden))
+    assert np.array_equal(model.logits_rows(np.stack([hidden, hidden])), np.stack([model.logits(hidden)] * 2))
+
+    (folder / "manifest.json").unlink()  # no size check before the sessions
+    (folder / "lm_head.onnx").write_bytes(b"not an onnx graph")
+    broken = Model.load(folder, threads=1)
+    with pytest.raises(ModelError, match=r"lm_head\.onnx"):
+        broken.logits(broken.forward(broken.new_cache(), [2, 10, 11]))

@@ -52,7 +52,6 @@ straight back without copies through numpy. The arrays forward and logits return
 from __future__ import annotations
 
 import ctypes
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -64,6 +63,7 @@ from tokenizers import Tokenizer
 from gemmacli.engine.bpe import load_tokenizer
 from gemmacli.engine.kvcache import KVCache as KVCache  # re-exported: the runtime's cache type
 from gemmacli.engine.kvcache import _CacheBinding
+from gemmacli.engine.lmhead import LmHeadLoad, _static_row_shape
 from gemmacli.engine.lmrows import LmHeadRows as _LmHeadRows
 from gemmacli.engine.sessions import PROCESS_POOL_ENV as PROCESS_POOL_ENV  # re-exported: bench, cli
 from gemmacli.engine.sessions import _session, read_decoder_graph
@@ -98,8 +98,12 @@ class Model:
         if self.manifest:
             store.check_sizes(folder, self.manifest)
         self.config = ModelConfig.from_folder(folder)
-        self.tokenizer = _load_tokenizer(folder / TOKENIZER_FILE)
         self.threads = threads
+        _use_global_pool(threads)  # the process's pool settled before two threads make sessions
+        lm_head_file = folder / LM_HEAD_FILE
+        #: the lm_head's session, built on a thread meanwhile (gemmacli.engine.lmhead)
+        self._lm_load = LmHeadLoad(lambda: _session(lm_head_file, threads, spin=spin))
+        self.tokenizer = _load_tokenizer(folder / TOKENIZER_FILE)
         # Idle-thread spinning off by default: the decoder's spinning threads slowed the lm_head run that
         # follows each step (measured here: 72 -> 38-57 ms per token on 2 busy cores).
         graph = read_decoder_graph(folder / DECODER_FILE, cache=store.cache_home() / "graphs")
@@ -108,7 +112,6 @@ class Model:
         #: that forward_all can return every position (speculation verifies several tokens in one run).
         self._all_hidden = graph.all_hidden
         self._decoder = _session(folder / DECODER_FILE, threads, spin=spin, graph=graph.edited)
-        self._lm_head = _session(folder / LM_HEAD_FILE, threads, spin=spin)
         self._inputs = {i.name: i for i in self._decoder.get_inputs()}
         outputs = [o.name for o in self._decoder.get_outputs() if o.name != self._all_hidden]
         self._present_outputs = [name for name in outputs if name.startswith(PRESENT_PREFIX)]
@@ -124,22 +127,11 @@ class Model:
         missing = [p for p in self._past_for_present.values() if p not in self._inputs]
         if missing:
             raise ModelError(f"{folder / DECODER_FILE}: no cache inputs for {missing}")
-        self._lm_head_input = self._lm_head.get_inputs()[0].name
         self._has_mask = "attention_mask" in self._inputs
         self._has_positions = "position_ids" in self._inputs
         self._ones = np.ones(4096, dtype=np.int64)
         hidden_meta = next(o for o in self._decoder.get_outputs() if o.name == self._hidden_output)
         self._hidden_shape = _static_row_shape(hidden_meta.shape)
-        self._lm_head_output = self._lm_head.get_outputs()[0].name
-        self._logits_shape = _static_row_shape(self._lm_head.get_outputs()[0].shape)
-        lm_input_shape = _static_row_shape(self._lm_head.get_inputs()[0].shape)
-        self._lm_lock = threading.Lock()
-        self._lm_binding: Any = None
-        if self._logits_shape is not None and lm_input_shape is not None:
-            self._lm_input = np.zeros(lm_input_shape, dtype=np.float32)
-            self._lm_binding = self._lm_head.io_binding()
-            self._lm_binding.bind_ortvalue_input(self._lm_head_input,
-                                                 ort.OrtValue.ortvalue_from_numpy(self._lm_input))
         self._rows: _LmHeadRows | None = None
         # forward_batch's binding, with the buffers it binds (a run with others binds afresh)
         self._batch_binding: tuple[dict[str, np.ndarray], Any] | None = None
@@ -259,8 +251,7 @@ class Model:
     def logits_rows(self, hidden: np.ndarray) -> np.ndarray:
         """The full lm_head over several hidden states [n, H] in one run: float32 [n, V], row for row equal to
         `logits` (the same kernel; checked in tests), for the cost of little more than one row."""
-        (logits,) = self._lm_head.run(None, {self._lm_head_input: np.asarray(hidden, dtype=np.float32)})
-        return np.asarray(logits, dtype=np.float32)
+        return self._lm_load.result().logits_rows(hidden)
 
     def _forward_shared(self, cache: KVCache, token_ids: Sequence[int], count: int, *,
                         wide: bool = False) -> np.ndarray:
@@ -340,19 +331,7 @@ class Model:
         return results[0].numpy()
 
     def logits(self, hidden: np.ndarray) -> np.ndarray:
-        hidden_2d = np.asarray(hidden, dtype=np.float32).reshape(1, -1)
-        if self._lm_binding is None:  # the lm_head's shapes are not static: a plain run
-            (logits,) = self._lm_head.run(None, {self._lm_head_input: hidden_2d})
-            return np.asarray(logits, dtype=np.float32).reshape(-1)
-        # One IOBinding for the model's life: the input bound once to a preallocated [1, H] array, the output
-        # rebound per call to a fresh array that onnxruntime writes into (returned: the caller owns it).
-        logits = np.empty(self._logits_shape, dtype=np.float32)
-        with self._lm_lock:
-            self._lm_input[...] = hidden_2d
-            output = ort.OrtValue.ortvalue_from_numpy(logits)
-            self._lm_binding.bind_ortvalue_output(self._lm_head_output, output)
-            self._lm_head.run_with_iobinding(self._lm_binding)
-        return logits.reshape(-1)
+        return self._lm_load.result().logits(hidden)
 
     def logits_for(self, hidden: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
         if self._rows is None:
@@ -453,13 +432,6 @@ def _move_rows(buf: np.ndarray, src: int, dst: int, count: int) -> None:
         ctypes.memmove(buf.ctypes.data + dst * row, buf.ctypes.data + src * row, count * row)
     else:
         buf[:, :, dst:dst + count] = buf[:, :, src:src + count].copy()
-
-
-def _static_row_shape(shape: Sequence[Any]) -> tuple[int, int] | None:
-    """(1, N) for a [batch, N] tensor with a fixed N, else None."""
-    if len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0:
-        return (1, shape[1])
-    return None
 
 
 def _ortvalue(array: np.ndarray, meta: Any) -> ort.OrtValue:
