@@ -353,7 +353,8 @@ def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_bad_options_are_usage_errors(tmp_path: Path, tiny_gguf: Path) -> None:
-    bad = (ImportOptions(precision="int2"), ImportOptions(block_size=64), ImportOptions(kind="chat"))
+    bad = (ImportOptions(precision="int2"), ImportOptions(block_size=64), ImportOptions(kind="chat"),
+           ImportOptions(precision="fp32", qgemm=True))
     for options in bad:
         with pytest.raises(UsageError):
             import_model(tiny_gguf, tmp_path / "out", options=options)
@@ -395,6 +396,11 @@ def test_cli_model_import(tmp_path: Path, tiny_gguf: Path) -> None:
     assert elsewhere.status == ExitStatus.OK, elsewhere.stderr
     assert store.verify_model(other / "b")["quantization"]["bits"] == 4
     assert store.verify_model(other / "b")["quantization"]["qgemm"] is False
+
+    refused = run_cli(["model", "import", str(tiny_gguf), "--name", "f", "--out-dir", str(other), "--qgemm",
+                       "--precision", "fp32"], environ=environ)
+    assert refused.status == ExitStatus.USAGE and not (other / "f").exists()
+    assert "--qgemm needs quantized weights, and --precision fp32 has none" in refused.stderr
 
     integer = run_cli(["model", "import", str(tiny_gguf), "--name", "q", "--out-dir", str(other), "--qgemm"],
                       environ=environ)

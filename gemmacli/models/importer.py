@@ -69,6 +69,10 @@ def _check_options(options: ImportOptions) -> None:
         raise UsageError(f"block size must be one of {', '.join(map(str, BLOCK_SIZES))}")
     if options.kind not in (None, "base", "instruct"):
         raise UsageError(f"kind must be base or instruct, not {options.kind!r}")
+    if options.qgemm and options.precision == "fp32":  # fp32 weights have no int8 form to multiply
+        raise UsageError("qgemm needs quantized weights, and precision fp32 has none",
+                         hint="leave qgemm off, or choose precision auto, int4 or int8",
+                         option=("qgemm", "precision"))
 
 
 def import_into(folder: Path, gguf_path: Path, *, name: str, options: ImportOptions,
