@@ -23,7 +23,6 @@ built otherwise, a cache miss and anything else (the vocabulary as a dict, added
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import heapq
 import io
 import json
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from gemmacli.files import write_atomically
-from gemmacli.models.store import cache_home
+from gemmacli.models.store import cache_home, sha256_file
 
 #: Bumped when the table's layout or the encoding it describes changes: old tables are then not read.
 FORMAT = 2
@@ -373,11 +372,11 @@ def load_tokenizer(path: Path, *, cache: Path | None = None) -> Any:
     from tokenizers import Tokenizer
 
     folder = cache if cache is not None else cache_home() / "bpe"
-    data = path.read_bytes()
-    table_path = folder / f"{hashlib.sha256(data).hexdigest()[:32]}-v{FORMAT}.npz"
+    table_path = folder / f"{sha256_file(path)[:32]}-v{FORMAT}.npz"  # hashed in blocks: no 16 MB copy
     table = _load(table_path)
     if table is not None:
         return GemmaTokenizer(path, table)
+    data = path.read_bytes()
     tokenizer = Tokenizer.from_str(data.decode("utf-8"))
     with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
         table = table_from_json(json.loads(data))
