@@ -60,7 +60,7 @@ class Encoded:
 
 
 class BpeTable:
-    """The encoding half of a Gemma tokenizer.json (see the module docstring)."""
+    """What gemmacli needs of a Gemma tokenizer.json: encoding and decoding (see the module docstring)."""
 
     def __init__(self, chars: dict[str, int], merges: dict[int, int], added: dict[str, int],
                  byte_ids: list[int], bos: int | None, pieces: list[str], special: frozenset[int]) -> None:
@@ -111,7 +111,6 @@ class BpeTable:
             else:
                 ids.append(found)
         return _merge(ids, self.merges)
-
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """The text of `ids` as the file's decoder makes it: "▁" is a space, runs of <0xNN> tokens are
