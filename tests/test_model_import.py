@@ -280,6 +280,84 @@ def test_qgemm_import_multiplies_the_norm_fed_projections_in_integers(tiny_gguf:
     assert len(model.generate_greedy(prompt_ids, 12, stop_ids=[])) == 12
 
 
+def quantized_blocks(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """(bits, columns, block size) of every quantized weight of a folder's two graphs, by node name."""
+    found = {}
+    for graph in ("model.onnx", "lm_head.onnx"):
+        nodes = onnx.load(str(folder / graph), load_external_data=False).graph.node
+        for node in nodes:
+            attrs = {a.name: a.i for a in node.attribute}
+            if node.op_type in ("MatMulNBits", "GatherBlockQuantized"):
+                found[node.name] = (attrs["bits"], attrs.get("K", 0), attrs["block_size"])
+    return found
+
+
+def test_8bit_weights_in_blocks_of_128(tiny_gguf: Path, tiny_imports: dict[str, Path],
+                                       tmp_path: Path) -> None:
+    """By default every weight has blocks of 32. With block_size_8bit=128 an 8-bit weight whose rows 128
+    divides (the tiny down_proj: 128 inputs) is quantized in blocks of 128, every other one in blocks of
+    --block-size (32), and the embedding lookup reads the lm_head's bytes at the lm_head's block."""
+    for precision in ("int4", "int8", "auto"):
+        assert {b[2] for b in quantized_blocks(tiny_imports[precision]).values()} == {32}
+        assert store.verify_model(tiny_imports[precision])["quantization"]["block_size_8bit"] == 32
+    for precision in ("int8", "auto"):
+        folder = import_fresh(tiny_gguf, tmp_path / precision, precision=precision, block_size_8bit=128)
+        blocks = quantized_blocks(folder)
+        for name, (bits, columns, block) in blocks.items():
+            if name.endswith("MatMulNBits"):
+                assert block == (128 if bits == 8 and columns % 128 == 0 else 32), name
+        assert blocks["/model/embed_tokens/GatherBlockQuantized"][2] == blocks["lm_head/MatMulNBits"][2]
+        assert store.verify_model(folder)["quantization"]["block_size_8bit"] == 128
+        model = Model.load(folder, threads=1)
+        assert len(model.generate_greedy(model.tokenizer.encode(TINY_PROMPTS[1]).ids, 8, stop_ids=[])) == 8
+    assert {b[2] for b in quantized_blocks(tmp_path / "int8").values()} == {32, 128}
+
+
+class _Table:
+    """A WeightSource holding only a tied embedding of random weights, stored (it says) as Q8_0."""
+
+    def __init__(self, rows: int, columns: int) -> None:
+        self.table = np.random.default_rng(3).normal(size=(rows, columns)).astype(np.float32)
+
+    def has(self, name: str) -> bool:
+        return name == "token_embd.weight"
+
+    def rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self.table[start:stop]
+
+    def vector(self, name: str) -> np.ndarray:
+        return self.table.reshape(-1)
+
+    def row_count(self, name: str) -> int:
+        return len(self.table)
+
+    def stored_bits(self, name: str) -> float:
+        return 8.5
+
+
+def test_an_8bit_lm_head_in_blocks_of_128_gives_logits_for_its_rows(tmp_path: Path) -> None:
+    """Model.logits_for reads a few rows of the lm_head in numpy (gemmacli.engine.lmrows); it must follow the
+    session's arithmetic at block 128 as at 32 (the real 270M's lm_head: 640 = 5 x 128 columns)."""
+    from gemmacli.engine.lmrows import LmHeadRows
+    from gemmacli.models import builder
+    from gemmacli.models.export import save_graph
+
+    options = builder.BuildOptions(block_size_8bit=128)
+    head = builder.build_lm_head(_Table(300, 256), {"hidden_size": 256}, options)
+    assert {a.name: a.i for a in head.graph.node[0].attribute}["block_size"] == 128
+    save_graph(head, tmp_path / "lm_head.onnx", size_threshold=0)
+    session = ort.InferenceSession(str(tmp_path / "lm_head.onnx"), providers=["CPUExecutionProvider"])
+    rows = LmHeadRows(tmp_path)
+    hidden = np.random.default_rng(4).normal(size=256).astype(np.float32) * 3
+    expected = session.run(None, {"hidden": hidden[None]})[0][0]
+    ids = np.arange(300)
+    errors = []
+    for int8 in (False, True):  # which one the session's kernel uses depends on the CPU (Model calibrates)
+        rows.int8_activations = int8
+        errors.append(float(np.abs(rows.logits(hidden, ids) - expected).max()))
+    assert min(errors) <= 1e-4 * float(np.abs(expected).max()), errors
+
+
 def test_an_integer_projection_treats_every_row_alone(tiny_gguf: Path, tmp_path: Path) -> None:
     """Each row is quantized with its own scale: a row's projection does not depend on the rows beside it
     (with one scale for all, a large first-token row flattened the others)."""
@@ -354,7 +432,7 @@ def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_bad_options_are_usage_errors(tmp_path: Path, tiny_gguf: Path) -> None:
     bad = (ImportOptions(precision="int2"), ImportOptions(block_size=64), ImportOptions(kind="chat"),
-           ImportOptions(precision="fp32", qgemm=True))
+           ImportOptions(precision="fp32", qgemm=True), ImportOptions(block_size_8bit=64))
     for options in bad:
         with pytest.raises(UsageError):
             import_model(tiny_gguf, tmp_path / "out", options=options)
@@ -366,7 +444,7 @@ def test_bad_options_are_usage_errors(tmp_path: Path, tiny_gguf: Path) -> None:
 
 def test_cli_model_import(tmp_path: Path, tiny_gguf: Path) -> None:
     """`gemmacli model import FILE --name N`: stages on stderr, the folder on stdout, refuses to overwrite
-    without --force, and takes --precision, --kind, --qgemm and --out-dir."""
+    without --force, and takes --precision, --kind, --qgemm, --block-size-8bit and --out-dir."""
     root = tmp_path / "store"
     environ = {"GEMMACLI_MODELS": str(root), "HOME": str(tmp_path), "NO_COLOR": "1"}
     result = run_cli(["model", "import", str(tiny_gguf), "--name", "tiny-gguf"], environ=environ)
@@ -402,10 +480,15 @@ def test_cli_model_import(tmp_path: Path, tiny_gguf: Path) -> None:
     assert refused.status == ExitStatus.USAGE and not (other / "f").exists()
     assert "--qgemm needs quantized weights, and --precision fp32 has none" in refused.stderr
 
-    integer = run_cli(["model", "import", str(tiny_gguf), "--name", "q", "--out-dir", str(other), "--qgemm"],
-                      environ=environ)
+    integer = run_cli(["model", "import", str(tiny_gguf), "--name", "q", "--out-dir", str(other), "--qgemm",
+                       "--block-size-8bit", "128"], environ=environ)
     assert integer.status == ExitStatus.OK, integer.stderr
     assert store.verify_model(other / "q")["quantization"]["qgemm"] is True
+    assert store.verify_model(other / "q")["quantization"]["block_size_8bit"] == 128
+
+    odd = run_cli(["model", "import", str(tiny_gguf), "--name", "o", "--out-dir", str(other),
+                   "--block-size-8bit", "64"], environ=environ)
+    assert odd.status == ExitStatus.USAGE and "--block-size-8bit" in odd.stderr and not (other / "o").exists()
 
 
 def test_cli_model_import_errors(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ class ImportOptions:
 
     precision: str = "auto"
     block_size: int = 32
+    block_size_8bit: int = 32  # builder.BuildOptions.block_size_8bit (128: faster, opt-in)
     accuracy_level: int = 4
     qgemm: bool = False  # builder.BuildOptions.qgemm (opt-in: bench/README.md, "Integer prefill")
     kind: str | None = None
@@ -45,7 +46,7 @@ class ImportOptions:
 
     def build_options(self, context_length: int) -> builder.BuildOptions:
         return builder.BuildOptions(self.precision, self.block_size, self.accuracy_level, context_length,
-                                    qgemm=self.qgemm)
+                                    qgemm=self.qgemm, block_size_8bit=self.block_size_8bit)
 
 
 def import_model(gguf_path: Path, destination: Path, *, name: str | None = None, force: bool = False,
@@ -65,8 +66,10 @@ def _check_options(options: ImportOptions) -> None:
     if options.precision not in builder.PRECISIONS:
         raise UsageError(f"unknown precision {options.precision!r}; "
                          f"choose one of {', '.join(builder.PRECISIONS)}")
-    if options.block_size not in BLOCK_SIZES:
-        raise UsageError(f"block size must be one of {', '.join(map(str, BLOCK_SIZES))}")
+    for option in ("block_size", "block_size_8bit"):
+        if getattr(options, option) not in BLOCK_SIZES:
+            raise UsageError(f"{option} must be one of {', '.join(map(str, BLOCK_SIZES))}, "
+                             f"not {getattr(options, option)}", option=option)
     if options.kind not in (None, "base", "instruct"):
         raise UsageError(f"kind must be base or instruct, not {options.kind!r}")
     if options.qgemm and options.precision == "fp32":  # fp32 weights have no int8 form to multiply
@@ -114,7 +117,7 @@ def write_graphs(folder: Path, weights: builder.WeightSource, config: dict[str, 
         shared = None
         if options.precision != "fp32" and not weights.has("output.weight"):
             on_disk = onnx.load(str(folder / "lm_head.onnx"), load_external_data=False)
-            shared = builder.embedding_from_lm_head(on_disk, "lm_head.onnx.data", options.block_size)
+            shared = builder.embedding_from_lm_head(on_disk, "lm_head.onnx.data")  # at the lm_head's block
         decoder = builder.build_decoder(weights, config, build, embedding=shared)
         save_graph(decoder, folder / "model.onnx")
         decoder_weights = _quantized_names(decoder)
@@ -159,7 +162,7 @@ def _quantization(options: ImportOptions, decoder: list[str], head: list[str],
     widths = sorted({int(name.rsplit(":", 1)[1]) for name in decoder + head})
     return {
         "bits": min(widths), "format": "+".join(f"int{w}" for w in widths), "precision": options.precision,
-        "block_size": options.block_size, "symmetric": False,
+        "block_size": options.block_size, "block_size_8bit": options.block_size_8bit, "symmetric": False,
         "method": "gemmacli.models.quant (blockwise asymmetric, MatMulNBits layout) of the de-quantized GGUF",
         "accuracy_level": {"model.onnx": options.accuracy_level, "lm_head.onnx": options.accuracy_level},
         # the tensors listed as MatMulInteger:8 are int8 per column, their inputs int8 per row
