@@ -485,6 +485,9 @@ def test_cli_model_import(tmp_path: Path, tiny_gguf: Path) -> None:
     assert integer.status == ExitStatus.OK, integer.stderr
     assert store.verify_model(other / "q")["quantization"]["qgemm"] is True
     assert store.verify_model(other / "q")["quantization"]["block_size_8bit"] == 128
+    listed = run_cli(["model", "list"], environ={**environ, "GEMMACLI_MODELS": str(other)})
+    kinds = {line.split("\t")[0]: line.split("\t")[2] for line in listed.stdout.decode().splitlines()}
+    assert kinds["q"] == "int4+int8/b32 (8-bit b128)" and kinds["b"] == "int4/b32", kinds
 
     odd = run_cli(["model", "import", str(tiny_gguf), "--name", "o", "--out-dir", str(other),
                    "--block-size-8bit", "64"], environ=environ)
